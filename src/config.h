@@ -1,0 +1,59 @@
+/* config: the standalone configuration file of `authproxy serve --config FILE` (SPEC §8).
+ *
+ *   {"secrets": {...}, "proxy_config": {...}, "dns_remap": {...}, "upstream_ca_file": "...",
+ *    "limits": {...}}
+ *
+ * A loaded config is immutable. Loading validates everything and reports every error with the
+ * file name and the JSON path; a config that fails validation is never partly applied. */
+#ifndef AUTHPROXY_CONFIG_H
+#define AUTHPROXY_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "policy.h"
+#include "util.h"
+
+/* dns_remap: connections for `name` go to host:port instead (port 0: the request's own port).
+ * The original name is still used for SNI, certificate verification and Host. */
+struct dns_remap_entry {
+    char *name; /* normalised (lower-case, no trailing dot) */
+    char *host; /* an IP literal or a name */
+    uint16_t port;
+};
+
+/* Operational limits (an authproxy extension to SPEC §8's file, all optional). */
+struct config_limits {
+    size_t max_header_bytes;       /* request/response head size; over it: 431. Default 65536 */
+    unsigned header_timeout_ms;    /* a head must arrive within this. Default 30000 */
+    unsigned idle_timeout_ms;      /* idle keep-alive / tunnel connections close. Default 300000 */
+    unsigned connect_timeout_ms;   /* upstream TCP+TLS connect. Default 10000 */
+};
+
+struct config {
+    struct policy *policy; /* one reference, owned */
+    struct dns_remap_entry *remaps;
+    size_t n_remaps;
+    char *upstream_ca_file; /* NULL if unset; as written in the file (relative to the cwd) */
+    struct config_limits limits;
+};
+
+/* Reads and validates FILE. On failure returns NULL and appends to errs one message per problem,
+ * each starting with "FILE: " and naming the JSON path. */
+struct config *config_load_file(const char *path, uint64_t version, struct errlist *errs);
+
+/* Same for a JSON text in memory; source_name prefixes the messages. */
+struct config *config_parse(const char *text, size_t len, const char *source_name,
+                            uint64_t version, struct errlist *errs);
+
+/* A config with an empty policy and default limits (serve without --config). */
+struct config *config_new_default(uint64_t version);
+
+void config_free(struct config *c);
+
+/* The remap entry for a normalised host, or NULL. */
+const struct dns_remap_entry *config_find_remap(const struct config *c, const char *host);
+
+void config_limits_default(struct config_limits *l);
+
+#endif

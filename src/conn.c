@@ -1,0 +1,1138 @@
+/* conn: the data path of one client connection (see conn.h and docs/ARCHITECTURE.md).
+ *
+ * Life of a connection on the explicit port:
+ *
+ *   READ_HEAD --CONNECT, denied------------------------------> 403, CLOSING
+ *   READ_HEAD --CONNECT, no_proxy--> TUNNEL_CONNECTING ------> TUNNEL (bytes both ways)
+ *   READ_HEAD --CONNECT, inspect---> TUNNEL_ACCEPTING (200 sent, first byte peeked)
+ *                                      --TLS--> CLIENT_HANDSHAKE --> READ_HEAD (in tunnel)
+ *                                      --else-> READ_HEAD (plain HTTP in tunnel)
+ *   READ_HEAD --request------------> UPSTREAM_CONNECTING --> FORWARDING --> READ_HEAD | CLOSING
+ *   FORWARDING --101 websocket-----> TUNNEL
+ *
+ * One request at a time per connection: a pipelined request waits in the input buffer until
+ * the previous response is complete. Each request takes its own reference to the worker's
+ * current snapshot, so a reload never splits a request across two policies. */
+#include "conn.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
+
+#include "audit.h"
+#include "glob.h"
+#include "http1.h"
+#include "log.h"
+#include "policy.h"
+#include "tls_mitm.h"
+#include "upstream.h"
+#include "util.h"
+
+/* Stop reading from one side while the other side has this much unsent: bounded memory per
+ * connection whatever the speed difference between client and origin. */
+#define RELAY_HIGH_WATER (256 * 1024)
+#define HOST_MAX 256
+
+enum conn_state {
+    CONN_READ_HEAD = 1,       /* waiting for a request head from the client */
+    CONN_TUNNEL_CONNECTING,   /* no_proxy CONNECT: dialling the origin */
+    CONN_TUNNEL_ACCEPTING,    /* 200 sent to a CONNECT; waiting for the client's first byte */
+    CONN_CLIENT_HANDSHAKE,    /* TLS handshake with the client, leaf cert minted for the name */
+    CONN_UPSTREAM_CONNECTING, /* request parsed; getting an upstream connection */
+    CONN_FORWARDING,          /* request head sent; relaying bodies, awaiting the response */
+    CONN_TUNNEL,              /* opaque bytes both ways (no_proxy, WebSocket after 101) */
+    CONN_CLOSING,             /* flushing a last response, then close */
+};
+
+/* The per-request part of a connection: created when a head is parsed, gone when the
+ * exchange ends. Everything the audit record needs is kept here. */
+struct request {
+    struct snapshot *snap; /* reference: the one policy version this request sees */
+    uint64_t start_us;
+    char method[32];
+    const char *scheme; /* "http" or "https" */
+    char host[HOST_MAX];
+    uint16_t port;
+    char *path; /* without query; owned */
+    bool upstream_tls;
+    const char *decision;
+    const char *decided_by;
+    const char *error;
+    const char **injected; /* header names, borrowed from the policy in snap; array owned */
+    size_t n_injected;
+    int status;
+    int upstream_status;
+    uint64_t bytes_in;
+    uint64_t bytes_out;
+
+    struct evbuffer *head_out; /* the serialised head waiting for an upstream */
+    bool client_keep_alive;
+    bool websocket;
+    bool expect_continue;
+
+    enum http1_body_kind req_body;
+    uint64_t req_remaining;
+    struct http1_chunked req_chunked;
+    bool req_done;
+
+    bool resp_head_done;
+    enum http1_body_kind resp_body;
+    uint64_t resp_remaining;
+    struct http1_chunked resp_chunked;
+    bool resp_keep_alive;
+    bool resp_done;
+};
+
+struct conn {
+    LIST_ENTRY(conn) link;
+    struct worker *w;
+    enum conn_state state;
+    int fd;
+    struct bufferevent *client; /* socket or TLS over the socket */
+    char peer[64];
+    struct event *timer;   /* head timeout / idle timeout while between requests */
+    struct event *peek_ev; /* TUNNEL_ACCEPTING: client's first byte */
+    bool in_tunnel;        /* requests arrive inside a CONNECT tunnel */
+    bool tunnel_tls;       /* ... terminated with our certificate */
+    char tunnel_host[HOST_MAX];
+    uint16_t tunnel_port;
+    bool name_mismatch; /* SNI differs from the CONNECT target: every request gets 421 */
+    bool head_started;  /* first byte of the current head seen (head timeout running) */
+    struct request *req;
+    struct upstream *up;
+    struct upstream_connect *connecting;
+    uint64_t tunnel_start_us; /* no_proxy tunnels: for the audit record */
+    uint64_t tunnel_in, tunnel_out;
+};
+
+static void conn_close(struct conn *c);
+static void client_read_cb(struct bufferevent *bev, void *arg);
+static void client_write_cb(struct bufferevent *bev, void *arg);
+static void client_event_cb(struct bufferevent *bev, short events, void *arg);
+static void upstream_read_cb(struct bufferevent *bev, void *arg);
+static void upstream_write_cb(struct bufferevent *bev, void *arg);
+static void upstream_event_cb(struct bufferevent *bev, short events, void *arg);
+static void process_client_input(struct conn *c);
+
+/* ---------------------------------------------------------------- audit and teardown */
+
+static void request_audit(struct conn *c, struct request *r)
+{
+    struct audit_record rec = {
+        .client = c->peer,
+        .method = r->method,
+        .scheme = r->scheme,
+        .host = r->host,
+        .port = r->port,
+        .path = r->path,
+        .decision = r->decision ? r->decision : "error",
+        .decided_by = r->decided_by,
+        .injected = r->injected,
+        .n_injected = r->n_injected,
+        .status = r->status,
+        .upstream_status = r->upstream_status,
+        .bytes_from_client = r->bytes_in,
+        .bytes_to_client = r->bytes_out,
+        .duration_us = monotonic_us() - r->start_us,
+        .error = r->error,
+        .policy_version = r->snap ? r->snap->version : 0,
+    };
+    audit_write(c->w->shared->audit, &rec);
+}
+
+/* Ends the current request: writes its audit line and frees it. */
+static void request_end(struct conn *c)
+{
+    struct request *r = c->req;
+    if (r == NULL)
+        return;
+    c->req = NULL;
+    request_audit(c, r);
+    if (r->head_out)
+        evbuffer_free(r->head_out);
+    free(r->injected);
+    free(r->path);
+    snapshot_unref(r->snap);
+    free(r);
+}
+
+static void tunnel_audit(struct conn *c, const char *decision, const char *decided_by,
+                         const char *error, int status)
+{
+    struct audit_record rec = {
+        .client = c->peer,
+        .method = "CONNECT",
+        .scheme = "tunnel",
+        .host = c->tunnel_host,
+        .port = c->tunnel_port,
+        .decision = decision,
+        .decided_by = decided_by,
+        .status = status,
+        .bytes_from_client = c->tunnel_in,
+        .bytes_to_client = c->tunnel_out,
+        .duration_us = monotonic_us() - c->tunnel_start_us,
+        .error = error,
+        .policy_version = c->w->current ? c->w->current->version : 0,
+    };
+    audit_write(c->w->shared->audit, &rec);
+}
+
+/* The single teardown path: every error and every normal end of a connection comes here. */
+static void conn_close(struct conn *c)
+{
+    if (c->state == CONN_TUNNEL && c->req == NULL && c->tunnel_start_us != 0)
+        tunnel_audit(c, "bypassed", "no_proxy", NULL, 200);
+    if (c->req) {
+        if (c->req->decision == NULL) {
+            c->req->decision = "error";
+            if (c->req->error == NULL)
+                c->req->error = "connection closed before the exchange completed";
+        }
+        request_end(c);
+    }
+    upstream_connect_cancel(c->connecting);
+    c->connecting = NULL;
+    upstream_free(c->up);
+    c->up = NULL;
+    if (c->timer)
+        event_free(c->timer);
+    if (c->peek_ev)
+        event_free(c->peek_ev);
+    if (c->client)
+        bufferevent_free(c->client); /* a TLS/plain bufferevent made after CONNECT owns the fd */
+    if (c->fd != -1)
+        close(c->fd); /* the first bufferevent does not own it (see conn_accept_explicit) */
+    LIST_REMOVE(c, link);
+    c->w->n_conns--;
+    if (c->w->draining && c->w->n_conns == 0)
+        event_base_loopbreak(c->w->base);
+    free(c);
+}
+
+void conn_abort(struct conn *c)
+{
+    conn_close(c);
+}
+
+void conn_close_idle(struct worker *w)
+{
+    struct conn *c, *next;
+    for (c = LIST_FIRST(&w->conns); c != NULL; c = next) {
+        next = LIST_NEXT(c, link);
+        if (c->state == CONN_READ_HEAD && c->req == NULL && !c->head_started)
+            conn_close(c);
+    }
+}
+
+/* ---------------------------------------------------------------- responses the proxy makes */
+
+/* Sends a complete response generated by the proxy and closes the connection once it is
+ * flushed. Nothing more is read from the client. */
+static void respond_and_close(struct conn *c, int status, const char *body)
+{
+    struct evbuffer *out = bufferevent_get_output(c->client);
+    size_t body_len = strlen(body);
+    evbuffer_add_printf(out,
+                        "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                        "Content-Length: %zu\r\nConnection: close\r\n\r\n%s\n",
+                        status, http1_reason_phrase(status), body_len + 1, body);
+    if (c->req) {
+        c->req->status = status;
+        c->req->bytes_out += evbuffer_get_length(out);
+    }
+    c->state = CONN_CLOSING;
+    upstream_connect_cancel(c->connecting);
+    c->connecting = NULL;
+    upstream_free(c->up);
+    c->up = NULL;
+    if (c->timer)
+        evtimer_del(c->timer);
+    bufferevent_disable(c->client, EV_READ);
+    bufferevent_setwatermark(c->client, EV_WRITE, 0, 0);
+    bufferevent_setcb(c->client, NULL, client_write_cb, client_event_cb, c);
+    bufferevent_enable(c->client, EV_WRITE);
+    request_end(c);
+}
+
+/* Refuses the current request: the decision and its reason go to the audit record. */
+static void refuse(struct conn *c, int status, const char *decision, const char *decided_by,
+                   const char *body)
+{
+    if (c->req) {
+        c->req->decision = decision;
+        c->req->decided_by = decided_by;
+        if (c->req->error == NULL)
+            c->req->error = body;
+    }
+    respond_and_close(c, status, body);
+}
+
+/* ---------------------------------------------------------------- timers */
+
+static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct conn *c = arg;
+    (void)fd;
+    (void)what;
+    if (c->head_started && c->req == NULL && c->state == CONN_READ_HEAD) {
+        /* A client that starts a head and does not finish it in time (slowloris). */
+        respond_and_close(c, 408, "request head timed out");
+        return;
+    }
+    conn_close(c);
+}
+
+static void arm_timer(struct conn *c, unsigned ms)
+{
+    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+    evtimer_add(c->timer, &tv);
+}
+
+static const struct config_limits *conn_limits(const struct conn *c)
+{
+    return &c->w->current->config->limits;
+}
+
+/* Enters READ_HEAD between requests: idle timeout until the next head starts. */
+static void enter_read_head(struct conn *c)
+{
+    c->state = CONN_READ_HEAD;
+    c->head_started = false;
+    arm_timer(c, conn_limits(c)->idle_timeout_ms);
+    bufferevent_setwatermark(c->client, EV_WRITE, 0, 0);
+    bufferevent_setcb(c->client, client_read_cb, NULL, client_event_cb, c);
+    bufferevent_enable(c->client, EV_READ | EV_WRITE);
+}
+
+/* ---------------------------------------------------------------- relaying */
+
+/* Moves up to max bytes from src to dst's output and applies back-pressure: when dst has more
+ * than RELAY_HIGH_WATER pending, reading from src stops until dst drains (its write callback
+ * re-enables it). Returns bytes moved. */
+static size_t relay(struct bufferevent *src, struct bufferevent *dst, uint64_t max)
+{
+    struct evbuffer *in = bufferevent_get_input(src);
+    struct evbuffer *out = bufferevent_get_output(dst);
+    size_t avail = evbuffer_get_length(in);
+    size_t n = avail < max ? avail : (size_t)max;
+    if (n > 0)
+        evbuffer_remove_buffer(in, out, n);
+    if (evbuffer_get_length(out) > RELAY_HIGH_WATER) {
+        bufferevent_disable(src, EV_READ);
+        bufferevent_setwatermark(dst, EV_WRITE, RELAY_HIGH_WATER / 2, 0);
+    }
+    return n;
+}
+
+/* Relays a chunked body from src to dst, validating the framing as it goes. Returns
+ * HTTP1_INCOMPLETE, HTTP1_OK (body ended) or HTTP1_ERR_BAD; *moved gets the bytes moved. */
+static int relay_chunked(struct bufferevent *src, struct bufferevent *dst,
+                         struct http1_chunked *state, size_t *moved)
+{
+    struct evbuffer *in = bufferevent_get_input(src);
+    size_t total = 0;
+    int rc = HTTP1_INCOMPLETE;
+    while (evbuffer_get_length(in) > 0 && rc == HTTP1_INCOMPLETE) {
+        struct evbuffer_iovec vec;
+        if (evbuffer_peek(in, -1, NULL, &vec, 1) < 1)
+            break;
+        size_t used = 0;
+        rc = http1_chunked_feed(state, vec.iov_base, vec.iov_len, &used);
+        if (rc == HTTP1_ERR_BAD)
+            break;
+        total += relay(src, dst, used);
+        if (!(bufferevent_get_enabled(src) & EV_READ))
+            break; /* back-pressure: resume from the write callback */
+    }
+    *moved = total;
+    return rc;
+}
+
+/* ---------------------------------------------------------------- request completion */
+
+static void maybe_finish_exchange(struct conn *c)
+{
+    struct request *r = c->req;
+    if (r == NULL || !r->resp_done || !r->req_done)
+        return;
+    bool reusable = r->resp_keep_alive && !r->websocket;
+    bool keep_client = r->client_keep_alive && !c->w->draining;
+    if (r->decision == NULL)
+        r->decision = "allowed";
+    struct upstream *u = c->up;
+    c->up = NULL;
+    if (u) {
+        u->requests++;
+        upstream_release(u, reusable);
+    }
+    request_end(c);
+    if (!keep_client) {
+        c->state = CONN_CLOSING;
+        bufferevent_disable(c->client, EV_READ);
+        bufferevent_setwatermark(c->client, EV_WRITE, 0, 0);
+        bufferevent_setcb(c->client, NULL, client_write_cb, client_event_cb, c);
+        if (evbuffer_get_length(bufferevent_get_output(c->client)) == 0)
+            conn_close(c);
+        return;
+    }
+    enter_read_head(c);
+    if (evbuffer_get_length(bufferevent_get_input(c->client)) > 0)
+        process_client_input(c);
+}
+
+/* Forwards whatever request body bytes are buffered from the client. */
+static void pump_request_body(struct conn *c)
+{
+    struct request *r = c->req;
+    if (r == NULL || r->req_done || c->up == NULL || c->state != CONN_FORWARDING)
+        return;
+    if (r->req_body == HTTP1_BODY_LENGTH) {
+        size_t n = relay(c->client, c->up->bev, r->req_remaining);
+        r->req_remaining -= n;
+        r->bytes_in += n;
+        if (r->req_remaining == 0)
+            r->req_done = true;
+    } else if (r->req_body == HTTP1_BODY_CHUNKED) {
+        size_t n = 0;
+        int rc = relay_chunked(c->client, c->up->bev, &r->req_chunked, &n);
+        r->bytes_in += n;
+        if (rc == HTTP1_ERR_BAD) {
+            r->error = "invalid chunked request body";
+            if (!r->resp_head_done) {
+                refuse(c, 400, "error", NULL, "bad request: invalid chunked body");
+            } else {
+                conn_close(c);
+            }
+            return;
+        }
+        if (rc == HTTP1_OK)
+            r->req_done = true;
+    } else {
+        r->req_done = true;
+    }
+    if (r->req_done)
+        maybe_finish_exchange(c);
+}
+
+/* ---------------------------------------------------------------- upstream side */
+
+static void start_forwarding(struct conn *c)
+{
+    struct request *r = c->req;
+    c->state = CONN_FORWARDING;
+    bufferevent_setcb(c->up->bev, upstream_read_cb, upstream_write_cb, upstream_event_cb, c);
+    unsigned idle = conn_limits(c)->idle_timeout_ms;
+    struct timeval tv = {.tv_sec = idle / 1000, .tv_usec = (idle % 1000) * 1000};
+    bufferevent_set_timeouts(c->up->bev, &tv, NULL);
+    bufferevent_enable(c->up->bev, EV_READ | EV_WRITE);
+    bufferevent_write_buffer(c->up->bev, r->head_out);
+    evbuffer_free(r->head_out);
+    r->head_out = NULL;
+    bufferevent_setcb(c->client, client_read_cb, client_write_cb, client_event_cb, c);
+    bufferevent_enable(c->client, EV_READ);
+    pump_request_body(c);
+}
+
+static void on_upstream_connected(struct upstream *u, enum upstream_error err, const char *reason,
+                                  void *arg)
+{
+    struct conn *c = arg;
+    c->connecting = NULL;
+    if (err != UPSTREAM_OK) {
+        static const char *const bodies[] = {
+            [UPSTREAM_ERR_DNS] = "upstream DNS resolution failed",
+            [UPSTREAM_ERR_CONNECT] = "upstream connect failed",
+            [UPSTREAM_ERR_TLS_VERIFY] = "upstream TLS verification failed",
+            [UPSTREAM_ERR_TLS] = "upstream TLS handshake failed",
+        };
+        const char *body = bodies[err];
+        char buf[512];
+        if (err == UPSTREAM_ERR_TLS_VERIFY || err == UPSTREAM_ERR_TLS) {
+            snprintf(buf, sizeof(buf), "%s: %s", body, reason);
+            body = buf;
+        }
+        if (c->state == CONN_TUNNEL_CONNECTING) {
+            tunnel_audit(c, "error", "no_proxy", bodies[err], 502);
+            c->tunnel_start_us = 0;
+            respond_and_close(c, 502, body);
+            return;
+        }
+        c->req->error = bodies[err];
+        refuse(c, 502, "error", c->req->decided_by, body);
+        return;
+    }
+    c->up = u;
+    if (c->state == CONN_TUNNEL_CONNECTING) {
+        /* no_proxy: confirm the CONNECT and relay bytes untouched. */
+        evbuffer_add_printf(bufferevent_get_output(c->client),
+                            "HTTP/1.1 200 Connection established\r\n\r\n");
+        c->state = CONN_TUNNEL;
+        unsigned idle = conn_limits(c)->idle_timeout_ms;
+        struct timeval tv = {.tv_sec = idle / 1000, .tv_usec = (idle % 1000) * 1000};
+        bufferevent_set_timeouts(c->client, &tv, NULL);
+        bufferevent_set_timeouts(u->bev, &tv, NULL);
+        bufferevent_setcb(u->bev, upstream_read_cb, upstream_write_cb, upstream_event_cb, c);
+        bufferevent_setcb(c->client, client_read_cb, client_write_cb, client_event_cb, c);
+        bufferevent_enable(u->bev, EV_READ | EV_WRITE);
+        bufferevent_enable(c->client, EV_READ | EV_WRITE);
+        c->tunnel_in += relay(c->client, u->bev, UINT64_MAX);
+        return;
+    }
+    start_forwarding(c);
+}
+
+/* Parses and relays the response head(s); then the body. */
+static void process_upstream_input(struct conn *c)
+{
+    struct request *r = c->req;
+    struct evbuffer *in = bufferevent_get_input(c->up->bev);
+    while (r && !r->resp_head_done && evbuffer_get_length(in) > 0) {
+        size_t len = evbuffer_get_length(in);
+        size_t max_head = conn_limits(c)->max_header_bytes;
+        size_t take = len < max_head + 1 ? len : max_head + 1;
+        const char *buf = (const char *)evbuffer_pullup(in, (ssize_t)take);
+        struct http1_response *resp = xmalloc(sizeof(*resp));
+        size_t head_len = 0;
+        int rc = http1_parse_response(buf, take, max_head, r->method, strlen(r->method), resp,
+                                      &head_len);
+        if (rc == HTTP1_INCOMPLETE) {
+            free(resp);
+            return;
+        }
+        if (rc != HTTP1_OK) {
+            free(resp);
+            r->error = "invalid response from upstream";
+            refuse(c, 502, "error", r->decided_by, "invalid response from upstream");
+            return;
+        }
+        r->upstream_status = resp->status;
+        struct evbuffer *out = bufferevent_get_output(c->client);
+        size_t before = evbuffer_get_length(out);
+        if (resp->status >= 100 && resp->status < 200 && resp->status != 101) {
+            /* Interim (100 Continue, 103 Early Hints): relay and wait for the final one. */
+            http1_write_response_head(out, resp, true);
+            r->bytes_out += evbuffer_get_length(out) - before;
+            evbuffer_drain(in, head_len);
+            free(resp);
+            continue;
+        }
+        if (resp->status == 101) {
+            if (!r->websocket) {
+                free(resp);
+                r->error = "unexpected 101 from upstream";
+                refuse(c, 502, "error", r->decided_by, "invalid response from upstream");
+                return;
+            }
+            http1_write_response_head(out, resp, true);
+            r->bytes_out += evbuffer_get_length(out) - before;
+            evbuffer_drain(in, head_len);
+            free(resp);
+            r->status = 101;
+            r->decision = "allowed";
+            /* The exchange becomes a tunnel; its audit line is written now. */
+            request_end(c);
+            c->state = CONN_TUNNEL;
+            unsigned idle = conn_limits(c)->idle_timeout_ms;
+            struct timeval tv = {.tv_sec = idle / 1000, .tv_usec = (idle % 1000) * 1000};
+            bufferevent_set_timeouts(c->client, &tv, NULL);
+            bufferevent_set_timeouts(c->up->bev, &tv, NULL);
+            relay(c->up->bev, c->client, UINT64_MAX);
+            relay(c->client, c->up->bev, UINT64_MAX);
+            return;
+        }
+        r->status = resp->status;
+        r->resp_body = resp->body_kind;
+        r->resp_remaining = resp->content_length;
+        r->resp_keep_alive = resp->keep_alive;
+        bool client_ka = r->client_keep_alive && resp->body_kind != HTTP1_BODY_UNTIL_CLOSE;
+        r->client_keep_alive = client_ka;
+        http1_write_response_head(out, resp, client_ka);
+        r->bytes_out += evbuffer_get_length(out) - before;
+        evbuffer_drain(in, head_len);
+        free(resp);
+        r->resp_head_done = true;
+        http1_chunked_init(&r->resp_chunked);
+        if (r->resp_body == HTTP1_BODY_NONE ||
+            (r->resp_body == HTTP1_BODY_LENGTH && r->resp_remaining == 0))
+            r->resp_done = true;
+        /* An early final response (e.g. 413) ends the request body too: the client connection
+         * cannot be reused if the body was not fully read. */
+        if (!r->req_done && r->resp_done) {
+            r->client_keep_alive = false;
+            r->resp_keep_alive = false;
+            r->req_done = true;
+        }
+    }
+    if (r == NULL || !r->resp_head_done || r->resp_done)
+        goto done;
+    if (r->resp_body == HTTP1_BODY_LENGTH) {
+        size_t n = relay(c->up->bev, c->client, r->resp_remaining);
+        r->resp_remaining -= n;
+        r->bytes_out += n;
+        if (r->resp_remaining == 0)
+            r->resp_done = true;
+    } else if (r->resp_body == HTTP1_BODY_CHUNKED) {
+        size_t n = 0;
+        int rc = relay_chunked(c->up->bev, c->client, &r->resp_chunked, &n);
+        r->bytes_out += n;
+        if (rc == HTTP1_ERR_BAD) {
+            r->error = "invalid chunked response from upstream";
+            conn_close(c);
+            return;
+        }
+        if (rc == HTTP1_OK)
+            r->resp_done = true;
+    } else if (r->resp_body == HTTP1_BODY_UNTIL_CLOSE) {
+        r->bytes_out += relay(c->up->bev, c->client, UINT64_MAX);
+    }
+    if (r->resp_done && !r->req_done) {
+        r->client_keep_alive = false;
+        r->resp_keep_alive = false;
+        r->req_done = true;
+    }
+done:
+    if (r && r->resp_done)
+        maybe_finish_exchange(c);
+}
+
+static void upstream_read_cb(struct bufferevent *bev, void *arg)
+{
+    struct conn *c = arg;
+    if (c->state == CONN_TUNNEL) {
+        size_t n = relay(bev, c->client, UINT64_MAX);
+        c->tunnel_out += n;
+        return;
+    }
+    if (c->state == CONN_FORWARDING)
+        process_upstream_input(c);
+}
+
+static void upstream_write_cb(struct bufferevent *bev, void *arg)
+{
+    struct conn *c = arg;
+    (void)bev;
+    /* The upstream drained below the low-water mark: resume reading the client. */
+    bufferevent_setwatermark(c->up->bev, EV_WRITE, 0, 0);
+    if (c->state == CONN_TUNNEL || c->state == CONN_FORWARDING) {
+        bufferevent_enable(c->client, EV_READ);
+        if (c->state == CONN_FORWARDING)
+            pump_request_body(c);
+        else
+            c->tunnel_in += relay(c->client, c->up->bev, UINT64_MAX);
+    }
+}
+
+static void upstream_event_cb(struct bufferevent *bev, short events, void *arg)
+{
+    struct conn *c = arg;
+    (void)bev;
+    if (c->state == CONN_TUNNEL) {
+        /* Flush what the origin sent, then close both sides. */
+        relay(c->up->bev, c->client, UINT64_MAX);
+        upstream_free(c->up);
+        c->up = NULL;
+        c->state = CONN_CLOSING;
+        bufferevent_disable(c->client, EV_READ);
+        bufferevent_setwatermark(c->client, EV_WRITE, 0, 0);
+        bufferevent_setcb(c->client, NULL, client_write_cb, client_event_cb, c);
+        if (evbuffer_get_length(bufferevent_get_output(c->client)) == 0)
+            conn_close(c);
+        return;
+    }
+    struct request *r = c->req;
+    if (r == NULL) {
+        conn_close(c);
+        return;
+    }
+    if ((events & BEV_EVENT_EOF) && r->resp_head_done && r->resp_body == HTTP1_BODY_UNTIL_CLOSE) {
+        /* The normal end of a close-delimited response. */
+        process_upstream_input(c);
+        r->resp_done = true;
+        r->resp_keep_alive = false;
+        r->req_done = true;
+        maybe_finish_exchange(c);
+        return;
+    }
+    if (!r->resp_head_done) {
+        r->error = (events & BEV_EVENT_TIMEOUT) ? "upstream timed out" : "upstream closed the connection";
+        refuse(c, (events & BEV_EVENT_TIMEOUT) ? 504 : 502, "error", r->decided_by,
+               (events & BEV_EVENT_TIMEOUT) ? "upstream timed out" : "upstream closed the connection");
+        return;
+    }
+    /* Mid-body failure: the client cannot be told with a status any more; cut it off. */
+    r->error = "upstream closed mid-response";
+    r->decision = "error";
+    conn_close(c);
+}
+
+/* ---------------------------------------------------------------- request handling */
+
+static bool split_authority(const char *s, size_t len, char *host, uint16_t *port,
+                            uint16_t default_port)
+{
+    uint16_t p = 0;
+    if (host_normalize(s, len, host, HOST_MAX, &p) != 0)
+        return false;
+    *port = p ? p : default_port;
+    return true;
+}
+
+/* Splits an absolute-form target "scheme://authority/path?query". Sets *tls for https.
+ * Returns false if the target is not a well-formed http(s) URI. */
+static bool parse_absolute_target(const char *t, size_t len, bool *tls, char *host, uint16_t *port,
+                                  const char **origin, size_t *origin_len)
+{
+    size_t skip;
+    if (len >= 7 && ascii_case_eq(t, 7, "http://", 7)) {
+        *tls = false;
+        skip = 7;
+    } else if (len >= 8 && ascii_case_eq(t, 8, "https://", 8)) {
+        *tls = true;
+        skip = 8;
+    } else {
+        return false;
+    }
+    const char *auth = t + skip;
+    size_t rest = len - skip;
+    size_t alen = 0;
+    while (alen < rest && auth[alen] != '/' && auth[alen] != '?' && auth[alen] != '#')
+        alen++;
+    if (alen == 0 || memchr(auth, '@', alen) != NULL) /* userinfo is not allowed */
+        return false;
+    if (!split_authority(auth, alen, host, port, *tls ? 443 : 80))
+        return false;
+    *origin = auth + alen;
+    *origin_len = rest - alen;
+    return true;
+}
+
+/* Checks that the Host header names the same host and port as the connection/URI. */
+static bool host_header_agrees(const struct http1_request *req, const char *host, uint16_t port,
+                               uint16_t default_port)
+{
+    if (req->host == NULL)
+        return req->version_minor == 0;
+    char h[HOST_MAX];
+    uint16_t p = 0;
+    if (host_normalize(req->host->value, req->host->value_len, h, sizeof(h), &p) != 0)
+        return false;
+    if (p == 0)
+        p = default_port;
+    return strcmp(h, host) == 0 && p == port;
+}
+
+static struct request *request_new(struct conn *c)
+{
+    struct request *r = xcalloc(1, sizeof(*r));
+    r->snap = snapshot_ref(c->w->current);
+    r->start_us = monotonic_us();
+    r->scheme = "http";
+    return r;
+}
+
+/* Handles a CONNECT on the explicit port. */
+static void handle_connect(struct conn *c, const struct http1_request *req, size_t head_len)
+{
+    struct evbuffer *in = bufferevent_get_input(c->client);
+    c->tunnel_start_us = monotonic_us();
+    if (c->in_tunnel || !split_authority(req->target, req->target_len, c->tunnel_host,
+                                         &c->tunnel_port, 0) ||
+        c->tunnel_port == 0) {
+        respond_and_close(c, 400, "bad request: CONNECT needs host:port");
+        return;
+    }
+    evbuffer_drain(in, head_len);
+    struct policy_host_decision d;
+    policy_decide_host(c->w->current->config->policy, c->tunnel_host, &d);
+    if (d.verdict == POLICY_HOST_DENY) {
+        char body[64];
+        snprintf(body, sizeof(body), "denied by %s", d.decided_by);
+        tunnel_audit(c, "denied", d.decided_by, body, 403);
+        c->tunnel_start_us = 0;
+        respond_and_close(c, 403, body);
+        return;
+    }
+    if (d.verdict == POLICY_HOST_BYPASS) {
+        c->state = CONN_TUNNEL_CONNECTING;
+        bufferevent_disable(c->client, EV_READ);
+        c->connecting = upstream_connect_start(c->w, c->w->current, c->tunnel_host, c->tunnel_port,
+                                               false, on_upstream_connected, c);
+        return;
+    }
+    /* Intercept: confirm, then look at the first byte the client sends to tell TLS from
+     * plain HTTP. */
+    c->tunnel_start_us = 0;
+    c->in_tunnel = true;
+    c->state = CONN_TUNNEL_ACCEPTING;
+    evbuffer_add_printf(bufferevent_get_output(c->client),
+                        "HTTP/1.1 200 Connection established\r\n\r\n");
+    bufferevent_disable(c->client, EV_READ);
+    bufferevent_setwatermark(c->client, EV_WRITE, 0, 0);
+    bufferevent_setcb(c->client, NULL, client_write_cb, client_event_cb, c);
+}
+
+static void client_tls_event_cb(struct bufferevent *bev, short events, void *arg)
+{
+    struct conn *c = arg;
+    if (c->state == CONN_CLIENT_HANDSHAKE && (events & BEV_EVENT_CONNECTED)) {
+        SSL *ssl = bufferevent_openssl_get_ssl(bev);
+        const char *sni = tls_mitm_client_sni(ssl);
+        if (sni != NULL && strcmp(sni, c->tunnel_host) != 0)
+            c->name_mismatch = true;
+        c->tunnel_tls = true;
+        enter_read_head(c);
+        if (evbuffer_get_length(bufferevent_get_input(c->client)) > 0)
+            process_client_input(c);
+        return;
+    }
+    client_event_cb(bev, events, arg);
+}
+
+/* TUNNEL_ACCEPTING: the first byte tells whether the client speaks TLS (0x16, a handshake
+ * record) or plain HTTP inside the tunnel. Peeked, not consumed, so the chosen bufferevent
+ * reads the stream from its start. */
+static void peek_first_byte_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct conn *c = arg;
+    unsigned char b;
+    (void)what;
+    ssize_t n = recv(fd, &b, 1, MSG_PEEK);
+    if (n == -1 && (errno == EAGAIN || errno == EINTR))
+        return;
+    event_free(c->peek_ev);
+    c->peek_ev = NULL;
+    if (n <= 0) {
+        conn_close(c);
+        return;
+    }
+    bufferevent_free(c->client); /* no BEV_OPT_CLOSE_ON_FREE: the fd stays open */
+    c->client = NULL;
+    if (b == 0x16) {
+        SSL *ssl = tls_mitm_new_server_ssl(c->w->shared->mitm, c->tunnel_host);
+        if (ssl == NULL) {
+            conn_close(c);
+            return;
+        }
+        c->client = bufferevent_openssl_socket_new(c->w->base, c->fd, ssl,
+                                                   BUFFEREVENT_SSL_ACCEPTING,
+                                                   BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+        if (c->client == NULL) {
+            SSL_free(ssl);
+            conn_close(c);
+            return;
+        }
+        c->fd = -1;
+        bufferevent_openssl_set_allow_dirty_shutdown(c->client, 1);
+        c->state = CONN_CLIENT_HANDSHAKE;
+        arm_timer(c, conn_limits(c)->header_timeout_ms);
+        bufferevent_setcb(c->client, client_read_cb, NULL, client_tls_event_cb, c);
+        bufferevent_enable(c->client, EV_READ | EV_WRITE);
+        return;
+    }
+    c->client = bufferevent_socket_new(c->w->base, c->fd,
+                                       BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+    if (c->client == NULL) {
+        conn_close(c);
+        return;
+    }
+    c->fd = -1;
+    enter_read_head(c);
+}
+
+/* Parses one request head from the client, decides, and starts forwarding (or refuses, or
+ * opens a tunnel). Does nothing but arm the head timeout while the head is incomplete. May
+ * free c: callers must not touch c afterwards. */
+static void handle_request_head(struct conn *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->client);
+    size_t len = evbuffer_get_length(in);
+    const struct config_limits *lim = conn_limits(c);
+    size_t take = len < lim->max_header_bytes + 1 ? len : lim->max_header_bytes + 1;
+    const char *buf = (const char *)evbuffer_pullup(in, (ssize_t)take);
+    struct http1_request *req = xmalloc(sizeof(*req));
+    size_t head_len = 0;
+
+    int rc = http1_parse_request(buf, take, lim->max_header_bytes, req, &head_len);
+    if (rc == HTTP1_INCOMPLETE) {
+        if (!c->head_started) {
+            c->head_started = true;
+            arm_timer(c, lim->header_timeout_ms);
+        }
+        goto out;
+    }
+    evtimer_del(c->timer);
+    if (rc != HTTP1_OK) {
+        static const char *const why[] = {"bad request"};
+        int status = -rc;
+        c->req = request_new(c);
+        snprintf(c->req->method, sizeof(c->req->method), "-");
+        c->req->error = status == 431 ? "request header fields too large" : why[0];
+        refuse(c, status, "denied", "http_parser",
+               status == 431 ? "request header fields too large" : "bad request");
+        goto out;
+    }
+    if (req->is_connect) {
+        handle_connect(c, req, head_len);
+        goto out;
+    }
+
+    struct request *r = c->req = request_new(c);
+    snprintf(r->method, sizeof(r->method), "%.*s", (int)(req->method_len < 31 ? req->method_len : 31),
+             req->method);
+    const char *origin = req->target;
+    size_t origin_len = req->target_len;
+    bool tls = false;
+    char abs_host[HOST_MAX];
+    uint16_t abs_port = 0;
+    bool absolute = parse_absolute_target(req->target, req->target_len, &tls, abs_host, &abs_port,
+                                          &origin, &origin_len);
+    if (c->in_tunnel) {
+        snprintf(r->host, sizeof(r->host), "%s", c->tunnel_host);
+        r->port = c->tunnel_port;
+        r->upstream_tls = c->tunnel_tls;
+        r->scheme = c->tunnel_tls ? "https" : "http";
+        if (absolute && (strcmp(abs_host, c->tunnel_host) != 0 || abs_port != c->tunnel_port ||
+                         tls != c->tunnel_tls))
+            c->name_mismatch = true;
+    } else {
+        if (!absolute) {
+            refuse(c, 400, "denied", "http_parser",
+                   "bad request: the proxy needs an absolute http:// URI or CONNECT");
+            goto out;
+        }
+        snprintf(r->host, sizeof(r->host), "%s", abs_host);
+        r->port = abs_port;
+        r->upstream_tls = tls;
+        r->scheme = tls ? "https" : "http";
+    }
+    if (origin_len == 0) {
+        origin = "/";
+        origin_len = 1;
+    }
+    if (origin[0] != '/' && !(origin_len == 1 && origin[0] == '*')) {
+        refuse(c, 400, "denied", "http_parser", "bad request: invalid request target");
+        goto out;
+    }
+    size_t path_len = 0;
+    while (path_len < origin_len && origin[path_len] != '?')
+        path_len++;
+    r->path = xstrndup(origin, path_len);
+    r->client_keep_alive = req->keep_alive;
+    r->websocket = req->upgrade_websocket;
+    r->expect_continue = req->expect_continue;
+    r->req_body = req->body_kind;
+    r->req_remaining = req->content_length;
+    http1_chunked_init(&r->req_chunked);
+
+    if (c->name_mismatch ||
+        !host_header_agrees(req, r->host, r->port, r->upstream_tls ? 443 : 80)) {
+        refuse(c, 421, "denied", "host_check",
+               "misdirected request: the Host header does not match the connection's name");
+        goto out;
+    }
+
+    const struct policy *pol = r->snap->config->policy;
+    struct policy_host_decision hd;
+    policy_decide_host(pol, r->host, &hd);
+    if (hd.verdict == POLICY_HOST_DENY) {
+        char body[64];
+        snprintf(body, sizeof(body), "denied by %s", hd.decided_by);
+        r->error = NULL;
+        refuse(c, 403, "denied", hd.decided_by, body);
+        goto out;
+    }
+    struct http1_header_override *ov = NULL;
+    size_t n_ov = 0;
+    if (hd.verdict == POLICY_HOST_BYPASS) {
+        r->decision = NULL;
+        r->decided_by = "no_proxy";
+    } else {
+        struct policy_request_decision rd;
+        policy_decide_request(pol, r->host, r->path, path_len, r->upstream_tls, &rd);
+        switch (rd.action) {
+        case POLICY_REFUSE_PLAINTEXT:
+            refuse(c, 403, "denied", rd.rule->name,
+                   "refused: credentials are only injected over TLS");
+            goto out;
+        case POLICY_CALLBACK:
+            /* Callback resolution comes with the dynamic-credentials work; until then a host that
+             * needs one is refused rather than sent without its credential (fail closed). */
+            refuse(c, 502, "error", "callback", "callback resolution failed");
+            goto out;
+        case POLICY_INJECT:
+            r->decided_by = rd.rule->name;
+            if (rd.rule->type != POLICY_RULE_HEADERS) {
+                refuse(c, 502, "error", rd.rule->name,
+                       "credential provider not available for this rule type");
+                goto out;
+            }
+            n_ov = rd.rule->n_headers;
+            ov = xcalloc(n_ov, sizeof(*ov));
+            r->injected = xcalloc(n_ov, sizeof(*r->injected));
+            for (size_t i = 0; i < n_ov; i++) {
+                ov[i].name = rd.rule->headers[i].name;
+                ov[i].value = rd.rule->headers[i].value;
+                r->injected[i] = rd.rule->headers[i].name;
+            }
+            r->n_injected = n_ov;
+            break;
+        case POLICY_FORWARD:
+            break;
+        }
+    }
+
+    r->head_out = evbuffer_new();
+    if (http1_write_request_head(r->head_out, req, origin, origin_len, ov, n_ov) != 0) {
+        free(ov);
+        refuse(c, 502, "error", r->decided_by, "invalid injected header value");
+        goto out;
+    }
+    free(ov);
+    r->bytes_in = head_len;
+    evbuffer_drain(in, head_len);
+    if (r->decided_by != NULL && hd.verdict == POLICY_HOST_BYPASS)
+        r->decision = "bypassed";
+
+    c->state = CONN_UPSTREAM_CONNECTING;
+    bufferevent_disable(c->client, EV_READ);
+    c->up = upstream_pool_take(c->w, r->host, r->port, r->upstream_tls);
+    if (c->up != NULL) {
+        start_forwarding(c);
+        goto out;
+    }
+    c->connecting = upstream_connect_start(c->w, r->snap, r->host, r->port, r->upstream_tls,
+                                           on_upstream_connected, c);
+out:
+    free(req);
+}
+
+static void process_client_input(struct conn *c)
+{
+    switch (c->state) {
+    case CONN_READ_HEAD:
+        /* One head at a time: the next pipelined one is parsed when this exchange ends
+         * (maybe_finish_exchange). */
+        if (c->req == NULL && evbuffer_get_length(bufferevent_get_input(c->client)) > 0)
+            handle_request_head(c);
+        break;
+    case CONN_FORWARDING:
+        pump_request_body(c);
+        break;
+    case CONN_TUNNEL:
+        if (c->up)
+            c->tunnel_in += relay(c->client, c->up->bev, UINT64_MAX);
+        break;
+    default:
+        /* Bytes that arrive while we wait for an upstream stay buffered. */
+        break;
+    }
+}
+
+static void client_read_cb(struct bufferevent *bev, void *arg)
+{
+    (void)bev;
+    process_client_input(arg);
+}
+
+static void client_write_cb(struct bufferevent *bev, void *arg)
+{
+    struct conn *c = arg;
+    struct evbuffer *out = bufferevent_get_output(bev);
+    if (c->state == CONN_CLOSING) {
+        if (evbuffer_get_length(out) == 0)
+            conn_close(c);
+        return;
+    }
+    if (c->state == CONN_TUNNEL_ACCEPTING) {
+        if (evbuffer_get_length(out) != 0)
+            return;
+        if (evbuffer_get_length(bufferevent_get_input(bev)) > 0) {
+            /* The client sent tunnel bytes along with its CONNECT; we do not buffer-splice a
+             * TLS stream, so refuse that (no mainstream client does it). */
+            conn_close(c);
+            return;
+        }
+        c->peek_ev = event_new(c->w->base, c->fd, EV_READ | EV_PERSIST, peek_first_byte_cb, c);
+        event_add(c->peek_ev, NULL);
+        arm_timer(c, conn_limits(c)->header_timeout_ms);
+        return;
+    }
+    /* Client drained below the low-water mark: resume reading from the upstream. */
+    bufferevent_setwatermark(bev, EV_WRITE, 0, 0);
+    if (c->up && (c->state == CONN_FORWARDING || c->state == CONN_TUNNEL)) {
+        bufferevent_enable(c->up->bev, EV_READ);
+        if (c->state == CONN_FORWARDING)
+            process_upstream_input(c);
+        else
+            c->tunnel_out += relay(c->up->bev, c->client, UINT64_MAX);
+    }
+}
+
+static void client_event_cb(struct bufferevent *bev, short events, void *arg)
+{
+    struct conn *c = arg;
+    (void)bev;
+    if (c->state == CONN_CLIENT_HANDSHAKE && c->req == NULL) {
+        struct audit_record rec = {
+            .client = c->peer,
+            .scheme = "https",
+            .host = c->tunnel_host,
+            .port = c->tunnel_port,
+            .decision = "error",
+            .error = "client TLS handshake failed (does the client trust the authproxy CA?)",
+            .policy_version = c->w->current->version,
+        };
+        audit_write(c->w->shared->audit, &rec);
+    }
+    if (c->state == CONN_TUNNEL && c->up && (events & BEV_EVENT_EOF)) {
+        /* Client finished sending: pass what is left, then let the origin finish. */
+        relay(c->client, c->up->bev, UINT64_MAX);
+    }
+    if (c->req && c->req->decision == NULL) {
+        c->req->decision = "error";
+        c->req->error = "client closed the connection";
+    }
+    conn_close(c);
+}
+
+void conn_accept_explicit(struct worker *w, int fd, const struct sockaddr *peer, int peer_len)
+{
+    struct conn *c = xcalloc(1, sizeof(*c));
+    (void)peer_len;
+    c->w = w;
+    c->fd = fd;
+    char ip[INET6_ADDRSTRLEN] = "?";
+    uint16_t port = 0;
+    if (peer->sa_family == AF_INET) {
+        const struct sockaddr_in *sin = (const struct sockaddr_in *)peer;
+        inet_ntop(AF_INET, &sin->sin_addr, ip, sizeof(ip));
+        port = ntohs(sin->sin_port);
+    } else if (peer->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)peer;
+        inet_ntop(AF_INET6, &sin6->sin6_addr, ip, sizeof(ip));
+        port = ntohs(sin6->sin6_port);
+    }
+    snprintf(c->peer, sizeof(c->peer), "%s:%u", ip, port);
+    int one = 1;
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    LIST_INSERT_HEAD(&w->conns, c, link);
+    w->n_conns++;
+    c->timer = evtimer_new(w->base, conn_timer_cb, c);
+    /* No BEV_OPT_CLOSE_ON_FREE: after a CONNECT the socket moves to a TLS bufferevent. */
+    c->client = bufferevent_socket_new(w->base, fd, BEV_OPT_DEFER_CALLBACKS);
+    if (c->client == NULL) {
+        conn_close(c);
+        return;
+    }
+    enter_read_head(c);
+}

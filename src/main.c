@@ -1,0 +1,175 @@
+/* main: command-line dispatch (SPEC §8). Each command parses its own options and calls into the
+ * module that does the work; nothing here holds state. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+#include <jansson.h>
+#include <openssl/crypto.h>
+
+#include "config.h"
+#include "log.h"
+#include "serve.h"
+#include "tls_mitm.h"
+#include "util.h"
+
+#define DEFAULT_STATE_DIR "./var/authproxy"
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: authproxy COMMAND [OPTIONS]\n"
+            "\n"
+            "commands:\n"
+            "  serve [--config FILE] [--state-dir DIR] [--listen-proxy ADDR:PORT]\n"
+            "        [--listen-control ADDR:PORT] [--workers N] [--audit-log FILE|-]\n"
+            "        [--upstream-dns ADDR:PORT] [--verbose]\n"
+            "                        run the proxy\n"
+            "  ca cert [--state-dir DIR]\n"
+            "                        print the interception CA certificate (PEM)\n"
+            "  config check FILE     validate a standalone config file\n"
+            "  version               print versions\n");
+}
+
+static int cmd_serve(int argc, char **argv)
+{
+    struct serve_options opt = {
+        .state_dir = DEFAULT_STATE_DIR,
+        .listen_proxy = "127.0.0.1:8080",
+        .listen_control = "127.0.0.1:8081",
+    };
+    static const struct option longopts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"state-dir", required_argument, NULL, 's'},
+        {"listen-proxy", required_argument, NULL, 'p'},
+        {"listen-transparent", required_argument, NULL, 't'},
+        {"listen-dns", required_argument, NULL, 'd'},
+        {"listen-control", required_argument, NULL, 'C'},
+        {"workers", required_argument, NULL, 'w'},
+        {"audit-log", required_argument, NULL, 'a'},
+        {"upstream-dns", required_argument, NULL, 'u'},
+        {"verbose", no_argument, NULL, 'v'},
+        {NULL, 0, NULL, 0},
+    };
+    int ch;
+    while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        switch (ch) {
+        case 'c': opt.config_path = optarg; break;
+        case 's': opt.state_dir = optarg; break;
+        case 'p': opt.listen_proxy = optarg; break;
+        case 'C': opt.listen_control = optarg; break;
+        case 'a': opt.audit_path = optarg; break;
+        case 'u': opt.upstream_dns = optarg; break;
+        case 'v': log_set_level(LOG_DEBUG); break;
+        case 't':
+        case 'd':
+            fprintf(stderr, "authproxy: --%s needs the sandbox support, which is not built yet\n",
+                    ch == 't' ? "listen-transparent" : "listen-dns");
+            return 2;
+        case 'w': {
+            char *end;
+            long n = strtol(optarg, &end, 10);
+            if (*end != '\0' || n < 1 || n > 64) {
+                fprintf(stderr, "authproxy: --workers must be 1..64\n");
+                return 2;
+            }
+            opt.workers = (int)n;
+            break;
+        }
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind != argc) {
+        usage(stderr);
+        return 2;
+    }
+    return serve_run(&opt);
+}
+
+static int cmd_ca(int argc, char **argv)
+{
+    const char *state_dir = DEFAULT_STATE_DIR;
+    static const struct option longopts[] = {
+        {"state-dir", required_argument, NULL, 's'},
+        {NULL, 0, NULL, 0},
+    };
+    if (argc < 2 || strcmp(argv[1], "cert") != 0) {
+        fprintf(stderr, "usage: authproxy ca cert [--state-dir DIR]\n");
+        return 2;
+    }
+    int ch;
+    optind = 2;
+    while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        if (ch != 's') {
+            fprintf(stderr, "usage: authproxy ca cert [--state-dir DIR]\n");
+            return 2;
+        }
+        state_dir = optarg;
+    }
+    char err[512];
+    struct tls_mitm *m = tls_mitm_open(state_dir, 1, err, sizeof(err));
+    if (m == NULL) {
+        fprintf(stderr, "authproxy: %s\n", err);
+        return 1;
+    }
+    fputs(tls_mitm_ca_pem(m), stdout);
+    tls_mitm_free(m);
+    return 0;
+}
+
+static int cmd_config(int argc, char **argv)
+{
+    if (argc != 3 || strcmp(argv[1], "check") != 0) {
+        fprintf(stderr, "usage: authproxy config check FILE\n");
+        return 2;
+    }
+    struct errlist errs = {0};
+    struct config *cfg = config_load_file(argv[2], 1, &errs);
+    if (cfg == NULL) {
+        for (size_t i = 0; i < errs.n; i++)
+            fprintf(stderr, "%s\n", errs.msgs[i]);
+        fprintf(stderr, "%s: %zu error%s\n", argv[2], errs.n, errs.n == 1 ? "" : "s");
+        errlist_free(&errs);
+        return 1;
+    }
+    config_free(cfg);
+    printf("%s: ok\n", argv[2]);
+    return 0;
+}
+
+static int cmd_version(void)
+{
+    printf("authproxy %s\n", AUTHPROXY_VERSION);
+    printf("openssl %s\n", OpenSSL_version(OPENSSL_VERSION_STRING));
+    printf("libevent %s\n", event_get_version());
+    printf("jansson %s\n", jansson_version_str());
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "serve") == 0)
+        return cmd_serve(argc - 1, argv + 1);
+    if (strcmp(cmd, "ca") == 0)
+        return cmd_ca(argc - 1, argv + 1);
+    if (strcmp(cmd, "config") == 0)
+        return cmd_config(argc - 1, argv + 1);
+    if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0)
+        return cmd_version();
+    if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    fprintf(stderr, "authproxy: unknown command '%s'\n\n", cmd);
+    usage(stderr);
+    return 2;
+}

@@ -1,0 +1,59 @@
+/* tls_mitm: the deployment's interception CA and the leaf certificates it mints.
+ *
+ * The CA (P-256 key, self-signed, 10 years) is created at first start in the state dir as
+ * ca.key (mode 0600) and ca.crt, and loaded on later starts. One P-256 leaf key is generated per
+ * process and reused for every minted certificate: key generation is the expensive part of
+ * minting and reusing one key is what mitmproxy and sslsplit do too. Minted certificates are
+ * kept in a bounded LRU cache keyed by name; concurrent misses for one name are collapsed into
+ * one mint (others wait for it). Everything here is safe to call from any worker thread.
+ *
+ * The CA private key is read once, kept in memory only inside this module, and never logged. */
+#ifndef AUTHPROXY_TLS_MITM_H
+#define AUTHPROXY_TLS_MITM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <openssl/ssl.h>
+
+struct tls_mitm;
+
+struct tls_mitm_stats {
+    uint64_t cache_hits;
+    uint64_t cache_misses;
+    uint64_t mints; /* certificates actually signed */
+    uint64_t cache_size;
+};
+
+/* Loads state_dir/ca.key + ca.crt, creating them (and state_dir, mode 0700) if absent.
+ * cache_capacity bounds the number of cached leaf certificates (0: default 4096).
+ * On failure returns NULL with a message in err (never containing key material). */
+struct tls_mitm *tls_mitm_open(const char *state_dir, size_t cache_capacity, char *err,
+                               size_t err_len);
+void tls_mitm_free(struct tls_mitm *m);
+
+/* The CA certificate (borrowed) and its PEM text (borrowed, NUL-terminated). */
+X509 *tls_mitm_ca_cert(const struct tls_mitm *m);
+const char *tls_mitm_ca_pem(const struct tls_mitm *m);
+
+/* Returns a leaf certificate for name (a DNS name or an IP literal; SAN is DNS or IP
+ * accordingly), signed by the CA, from the cache or freshly minted. The caller owns one
+ * reference (X509_free). NULL only if signing fails. */
+X509 *tls_mitm_leaf_for(struct tls_mitm *m, const char *name);
+
+/* The shared leaf private key (borrowed). */
+EVP_PKEY *tls_mitm_leaf_key(const struct tls_mitm *m);
+
+/* Creates the server-side SSL for an intercepted client connection. The certificate is chosen
+ * during the handshake from the ClientHello's SNI, or default_name when the client sends none
+ * (the CONNECT target or the original destination). ALPN selects "http/1.1" only. Returns a
+ * new SSL the caller owns, or NULL. */
+SSL *tls_mitm_new_server_ssl(struct tls_mitm *m, const char *default_name);
+
+/* After (or during) the handshake of an SSL made by tls_mitm_new_server_ssl: the SNI the client
+ * sent, lower-cased, or NULL if it sent none. Borrowed from the SSL. */
+const char *tls_mitm_client_sni(SSL *ssl);
+
+void tls_mitm_get_stats(struct tls_mitm *m, struct tls_mitm_stats *out);
+
+#endif

@@ -1,0 +1,412 @@
+#include "upstream.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/dns.h>
+#include <event2/event.h>
+#include <event2/util.h>
+
+#include "log.h"
+#include "util.h"
+
+/* Idle pooled connections: at most this many per worker, and none older than this. */
+#define POOL_MAX_IDLE     256
+#define POOL_IDLE_MAX_US  (60u * 1000000u)
+
+enum uc_state { UC_RESOLVING = 1, UC_CONNECTING, UC_HANDSHAKING };
+
+/* evdns calls a lookup's callback exactly once, even after cancellation, possibly later from
+ * the loop; the callback's argument is this token, which outlives the attempt it served. The
+ * callback frees it. */
+struct dns_token {
+    struct upstream_connect *uc; /* NULL once the attempt is gone */
+};
+
+struct upstream_connect {
+    enum uc_state state;
+    struct worker *w;
+    struct snapshot *snap; /* reference: the remap and TLS settings of the request */
+    char *host;            /* as named by the sandbox: SNI, verification, pool key */
+    uint16_t port;
+    bool tls;
+    char *dial_host; /* where TCP goes (dns_remap applied) */
+    uint16_t dial_port;
+    struct evdns_getaddrinfo_request *dns_req;
+    struct dns_token *dns_token; /* the pending lookup's back-pointer, cleared on cancel */
+    bool resolving_inline; /* evdns may answer (hosts file) before evdns_getaddrinfo returns */
+    struct evutil_addrinfo *addrs; /* owned; freed with evutil_freeaddrinfo */
+    struct evutil_addrinfo *next_addr;
+    int fd;
+    struct event *timer; /* connect + handshake deadline */
+    struct event *conn_ev; /* socket writable: TCP connect finished */
+    struct event *start_ev; /* deferred start, so cb never runs inside upstream_connect_start */
+    struct bufferevent *bev;
+    upstream_connect_cb cb;
+    void *arg;
+};
+
+static char *pool_key(const char *host, uint16_t port, bool tls)
+{
+    return xasprintf("%s|%s|%u", tls ? "https" : "http", host, port);
+}
+
+/* Frees everything of uc; does not call the callback. */
+static void uc_free(struct upstream_connect *uc)
+{
+    if (uc->dns_req != NULL) {
+        struct evdns_getaddrinfo_request *req = uc->dns_req;
+        uc->dns_req = NULL;
+        uc->dns_token->uc = NULL;
+        evdns_getaddrinfo_cancel(req);
+    }
+    if (uc->timer)
+        event_free(uc->timer);
+    if (uc->start_ev)
+        event_free(uc->start_ev);
+    if (uc->conn_ev)
+        event_free(uc->conn_ev);
+    if (uc->bev)
+        bufferevent_free(uc->bev); /* closes fd and frees the SSL */
+    else if (uc->fd != -1)
+        close(uc->fd);
+    if (uc->addrs)
+        evutil_freeaddrinfo(uc->addrs);
+    snapshot_unref(uc->snap);
+    free(uc->host);
+    free(uc->dial_host);
+    free(uc);
+}
+
+/* Reports the outcome and frees uc. On success the bufferevent moves into a new struct upstream. */
+static void uc_finish(struct upstream_connect *uc, enum upstream_error err, const char *reason)
+{
+    struct upstream *u = NULL;
+    if (err == UPSTREAM_OK) {
+        u = xcalloc(1, sizeof(*u));
+        u->w = uc->w;
+        u->bev = uc->bev;
+        u->tls = uc->tls;
+        u->key = pool_key(uc->host, uc->port, uc->tls);
+        uc->bev = NULL;
+        uc->fd = -1;
+        bufferevent_setcb(u->bev, NULL, NULL, NULL, NULL);
+    }
+    upstream_connect_cb cb = uc->cb;
+    void *arg = uc->arg;
+    uc->cb = NULL;
+    uc_free(uc);
+    if (cb)
+        cb(u, err, reason, arg);
+    else if (u)
+        upstream_free(u);
+}
+
+static void uc_try_next(struct upstream_connect *uc);
+
+static void uc_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct upstream_connect *uc = arg;
+    (void)fd;
+    (void)what;
+    if (uc->state == UC_HANDSHAKING)
+        uc_finish(uc, UPSTREAM_ERR_TLS, "TLS handshake timed out");
+    else
+        uc_finish(uc, UPSTREAM_ERR_CONNECT, "connect timed out");
+}
+
+static void uc_tls_event_cb(struct bufferevent *bev, short events, void *arg)
+{
+    struct upstream_connect *uc = arg;
+    if (events & BEV_EVENT_CONNECTED) {
+        uc_finish(uc, UPSTREAM_OK, NULL);
+        return;
+    }
+    SSL *ssl = bufferevent_openssl_get_ssl(bev);
+    long verify = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
+    const char *reason = ssl ? tls_upstream_failure_reason(ssl) : "handshake failed";
+    uc_finish(uc, verify != X509_V_OK ? UPSTREAM_ERR_TLS_VERIFY : UPSTREAM_ERR_TLS, reason);
+}
+
+static void uc_connected(struct upstream_connect *uc)
+{
+    int one = 1;
+    (void)setsockopt(uc->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (!uc->tls) {
+        uc->bev = bufferevent_socket_new(uc->w->base, uc->fd,
+                                         BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+        if (uc->bev == NULL) {
+            uc_finish(uc, UPSTREAM_ERR_CONNECT, "cannot set up the connection");
+            return;
+        }
+        uc->fd = -1;
+        uc_finish(uc, UPSTREAM_OK, NULL);
+        return;
+    }
+    SSL *ssl = tls_upstream_new_ssl(uc->snap->upstream_tls, uc->host, uc->port);
+    if (ssl == NULL) {
+        uc_finish(uc, UPSTREAM_ERR_TLS, "cannot create TLS session");
+        return;
+    }
+    uc->bev = bufferevent_openssl_socket_new(uc->w->base, uc->fd, ssl, BUFFEREVENT_SSL_CONNECTING,
+                                             BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+    if (uc->bev == NULL) {
+        SSL_free(ssl);
+        uc_finish(uc, UPSTREAM_ERR_TLS, "cannot set up TLS");
+        return;
+    }
+    uc->fd = -1; /* owned by the bufferevent now */
+    bufferevent_openssl_set_allow_dirty_shutdown(uc->bev, 1);
+    uc->state = UC_HANDSHAKING;
+    bufferevent_setcb(uc->bev, NULL, NULL, uc_tls_event_cb, uc);
+    bufferevent_enable(uc->bev, EV_READ | EV_WRITE);
+}
+
+static void uc_connect_done_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct upstream_connect *uc = arg;
+    int soerr = 0;
+    socklen_t len = sizeof(soerr);
+    (void)what;
+    event_free(uc->conn_ev);
+    uc->conn_ev = NULL;
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) == -1)
+        soerr = errno;
+    if (soerr != 0) {
+        log_debug("upstream %s:%u: connect failed: %s", uc->host, uc->port, strerror(soerr));
+        close(uc->fd);
+        uc->fd = -1;
+        uc_try_next(uc);
+        return;
+    }
+    uc_connected(uc);
+}
+
+/* Tries the next resolved address; reports a connect failure when none is left. */
+static void uc_try_next(struct upstream_connect *uc)
+{
+    while (uc->next_addr != NULL) {
+        struct evutil_addrinfo *ai = uc->next_addr;
+        uc->next_addr = ai->ai_next;
+        if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6)
+            continue;
+        int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd == -1)
+            continue;
+        if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0 || errno == EINPROGRESS) {
+            uc->fd = fd;
+            uc->state = UC_CONNECTING;
+            uc->conn_ev = event_new(uc->w->base, fd, EV_WRITE, uc_connect_done_cb, uc);
+            event_add(uc->conn_ev, NULL);
+            return;
+        }
+        close(fd);
+    }
+    uc_finish(uc, UPSTREAM_ERR_CONNECT, "connection refused or unreachable");
+}
+
+static void uc_resolved_cb(int result, struct evutil_addrinfo *res, void *arg)
+{
+    struct dns_token *token = arg;
+    struct upstream_connect *uc = token->uc;
+    free(token);
+    if (uc == NULL) {
+        /* The attempt was cancelled: drop the answer. */
+        if (res)
+            evutil_freeaddrinfo(res);
+        return;
+    }
+    uc->dns_req = NULL;
+    uc->dns_token = NULL;
+    if (result != 0 || res == NULL) {
+        if (res)
+            evutil_freeaddrinfo(res);
+        if (uc->resolving_inline) {
+            /* Answered before evdns_getaddrinfo returned: report from the caller instead. */
+            uc->addrs = NULL;
+            uc->resolving_inline = false;
+            return;
+        }
+        log_debug("upstream %s: resolution failed: %s", uc->dial_host, evutil_gai_strerror(result));
+        uc_finish(uc, UPSTREAM_ERR_DNS, "name did not resolve");
+        return;
+    }
+    uc->addrs = res;
+    uc->next_addr = res;
+    if (uc->resolving_inline) {
+        uc->resolving_inline = false;
+        return;
+    }
+    uc_try_next(uc);
+}
+
+/* Deferred start, so the caller's callback never runs before upstream_connect_start returns. */
+static void uc_start_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct upstream_connect *uc = arg;
+    (void)fd;
+    (void)what;
+    event_free(uc->start_ev);
+    uc->start_ev = NULL;
+    struct evutil_addrinfo hints;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_protocol = IPPROTO_TCP;
+    hints.ai_flags = EVUTIL_AI_ADDRCONFIG;
+    char port[8];
+    snprintf(port, sizeof(port), "%u", uc->dial_port);
+
+    /* IP literals never go to the resolver. */
+    struct evutil_addrinfo numeric = hints;
+    numeric.ai_flags = EVUTIL_AI_NUMERICHOST;
+    struct evutil_addrinfo *res = NULL;
+    if (evutil_getaddrinfo(uc->dial_host, port, &numeric, &res) == 0 && res != NULL) {
+        uc->addrs = res;
+        uc->next_addr = res;
+        uc_try_next(uc);
+        return;
+    }
+    uc->state = UC_RESOLVING;
+    uc->resolving_inline = true;
+    uc->dns_token = xcalloc(1, sizeof(*uc->dns_token));
+    uc->dns_token->uc = uc;
+    struct evdns_getaddrinfo_request *req =
+        evdns_getaddrinfo(uc->w->dns, uc->dial_host, port, &hints, uc_resolved_cb, uc->dns_token);
+    if (uc->resolving_inline) {
+        uc->dns_req = req;
+        /* Still pending asynchronously. */
+        uc->resolving_inline = false;
+        return;
+    }
+    /* Answered inline (hosts file, or an immediate failure); the token is already freed. */
+    if (uc->addrs == NULL)
+        uc_finish(uc, UPSTREAM_ERR_DNS, "name did not resolve");
+    else
+        uc_try_next(uc);
+}
+
+struct upstream_connect *upstream_connect_start(struct worker *w, struct snapshot *snap,
+                                                const char *host, uint16_t port, bool tls,
+                                                upstream_connect_cb cb, void *arg)
+{
+    struct upstream_connect *uc = xcalloc(1, sizeof(*uc));
+    uc->w = w;
+    uc->snap = snapshot_ref(snap);
+    uc->host = xstrdup(host);
+    uc->port = port;
+    uc->tls = tls;
+    uc->fd = -1;
+    uc->cb = cb;
+    uc->arg = arg;
+    uc->state = UC_RESOLVING;
+    const struct dns_remap_entry *remap = config_find_remap(snap->config, host);
+    uc->dial_host = xstrdup(remap ? remap->host : host);
+    uc->dial_port = (remap && remap->port) ? remap->port : port;
+
+    unsigned ms = snap->config->limits.connect_timeout_ms;
+    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+    uc->timer = evtimer_new(w->base, uc_timeout_cb, uc);
+    evtimer_add(uc->timer, &tv);
+    uc->start_ev = evtimer_new(w->base, uc_start_cb, uc);
+    event_active(uc->start_ev, EV_TIMEOUT, 0);
+    return uc;
+}
+
+void upstream_connect_cancel(struct upstream_connect *uc)
+{
+    if (uc == NULL)
+        return;
+    uc->cb = NULL;
+    uc_free(uc);
+}
+
+static void idle_event_cb(struct bufferevent *bev, short events, void *arg)
+{
+    struct upstream *u = arg;
+    (void)bev;
+    (void)events;
+    /* EOF, error or timeout on an idle connection: the origin closed it. */
+    TAILQ_REMOVE(&u->w->idle_upstreams, u, idle_link);
+    u->w->n_idle_upstreams--;
+    upstream_free(u);
+}
+
+static void idle_read_cb(struct bufferevent *bev, void *arg)
+{
+    /* An origin must not send anything while no request is outstanding. */
+    idle_event_cb(bev, BEV_EVENT_ERROR, arg);
+}
+
+struct upstream *upstream_pool_take(struct worker *w, const char *host, uint16_t port, bool tls)
+{
+    char *key = pool_key(host, port, tls);
+    uint64_t now = monotonic_us();
+    struct upstream *u, *found = NULL;
+    /* Newest last: search from the tail so the warmest connection is reused. */
+    TAILQ_FOREACH_REVERSE(u, &w->idle_upstreams, upstream_list, idle_link) {
+        if (strcmp(u->key, key) == 0 && now - u->idle_since_us < POOL_IDLE_MAX_US) {
+            found = u;
+            break;
+        }
+    }
+    free(key);
+    if (found) {
+        TAILQ_REMOVE(&w->idle_upstreams, found, idle_link);
+        w->n_idle_upstreams--;
+        bufferevent_setcb(found->bev, NULL, NULL, NULL, NULL);
+        bufferevent_set_timeouts(found->bev, NULL, NULL);
+    }
+    return found;
+}
+
+void upstream_release(struct upstream *u, bool reusable)
+{
+    struct worker *w = u->w;
+    if (!reusable || w->draining || evbuffer_get_length(bufferevent_get_input(u->bev)) > 0) {
+        upstream_free(u);
+        return;
+    }
+    if (w->n_idle_upstreams >= POOL_MAX_IDLE) {
+        struct upstream *oldest = TAILQ_FIRST(&w->idle_upstreams);
+        TAILQ_REMOVE(&w->idle_upstreams, oldest, idle_link);
+        w->n_idle_upstreams--;
+        upstream_free(oldest);
+    }
+    u->idle_since_us = monotonic_us();
+    struct timeval tv = {.tv_sec = POOL_IDLE_MAX_US / 1000000u, .tv_usec = 0};
+    bufferevent_set_timeouts(u->bev, &tv, NULL);
+    bufferevent_setcb(u->bev, idle_read_cb, NULL, idle_event_cb, u);
+    bufferevent_enable(u->bev, EV_READ);
+    TAILQ_INSERT_TAIL(&w->idle_upstreams, u, idle_link);
+    w->n_idle_upstreams++;
+}
+
+void upstream_free(struct upstream *u)
+{
+    if (u == NULL)
+        return;
+    if (u->bev)
+        bufferevent_free(u->bev);
+    free(u->key);
+    free(u);
+}
+
+void upstream_pool_flush(struct worker *w)
+{
+    struct upstream *u;
+    while ((u = TAILQ_FIRST(&w->idle_upstreams)) != NULL) {
+        TAILQ_REMOVE(&w->idle_upstreams, u, idle_link);
+        w->n_idle_upstreams--;
+        upstream_free(u);
+    }
+}

@@ -1,0 +1,63 @@
+/* upstream: connections from the proxy to origins — resolution (with dns_remap), TCP connect,
+ * verified TLS — and the per-worker pool of idle keep-alive connections.
+ *
+ * All of it runs inside one worker's event loop. A connection attempt is asynchronous and
+ * cancellable; its outcome arrives through one callback, exactly once, unless cancelled first. */
+#ifndef AUTHPROXY_UPSTREAM_H
+#define AUTHPROXY_UPSTREAM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/queue.h>
+
+#include <openssl/ssl.h>
+
+#include "worker.h"
+
+struct bufferevent;
+
+/* An established connection to an origin. Owned by one conn while in use, by the worker's pool
+ * while idle. */
+struct upstream {
+    TAILQ_ENTRY(upstream) idle_link;
+    struct worker *w;
+    struct bufferevent *bev; /* owns the socket and, for TLS, the SSL */
+    char *key;               /* pool identity: scheme, host, port */
+    bool tls;
+    uint64_t idle_since_us;
+    uint64_t requests; /* requests served on this connection so far */
+};
+
+enum upstream_error {
+    UPSTREAM_OK = 0,
+    UPSTREAM_ERR_DNS,        /* name did not resolve */
+    UPSTREAM_ERR_CONNECT,    /* TCP connect refused, unreachable or timed out */
+    UPSTREAM_ERR_TLS_VERIFY, /* certificate not trusted or name mismatch */
+    UPSTREAM_ERR_TLS,        /* other TLS handshake failure */
+};
+
+/* On success u is a new connection the callee now owns; on failure u is NULL and reason is a
+ * short description (valid only during the call). */
+typedef void (*upstream_connect_cb)(struct upstream *u, enum upstream_error err, const char *reason,
+                                    void *arg);
+
+struct upstream_connect;
+
+/* Starts connecting to host:port (host as the sandbox named it: it is used for SNI, certificate
+ * verification and the pool key; dns_remap in snap may send the TCP connection elsewhere).
+ * Never calls cb before returning. Returns a handle for upstream_connect_cancel. */
+struct upstream_connect *upstream_connect_start(struct worker *w, struct snapshot *snap,
+                                                const char *host, uint16_t port, bool tls,
+                                                upstream_connect_cb cb, void *arg);
+/* Abandons an attempt; cb will not be called. */
+void upstream_connect_cancel(struct upstream_connect *uc);
+
+/* Takes an idle pooled connection for (tls, host, port), or NULL. */
+struct upstream *upstream_pool_take(struct worker *w, const char *host, uint16_t port, bool tls);
+/* Returns a connection to the pool (after a complete response with keep-alive) or frees it. */
+void upstream_release(struct upstream *u, bool reusable);
+void upstream_free(struct upstream *u);
+/* Frees every idle pooled connection (on reload: new trust settings; on shutdown). */
+void upstream_pool_flush(struct worker *w);
+
+#endif

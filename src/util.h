@@ -1,0 +1,54 @@
+/* util: allocation with a single out-of-memory policy, string helpers, secret hygiene.
+ *
+ * Out-of-memory policy (written down once, here): authproxy aborts the process on allocation
+ * failure. A proxy that limps on after a failed malloc could forward a request without its
+ * policy or credentials; aborting fails closed, and the supervisor restarts the daemon. Every
+ * allocation in the code base goes through these wrappers, so callers never check for NULL. */
+#ifndef AUTHPROXY_UTIL_H
+#define AUTHPROXY_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+void *xmalloc(size_t n);
+void *xcalloc(size_t count, size_t size);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+/* printf into a fresh heap string; the caller frees it. */
+char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Overwrites n bytes at p with zeros in a way the compiler cannot elide. */
+void secure_zero(void *p, size_t n);
+/* Zeroes then frees a NUL-terminated string holding a secret. NULL is allowed. */
+void secret_free(char *s);
+
+/* ASCII-only case folding: HTTP and DNS names are ASCII, and locale must not matter. */
+static inline char ascii_lower(char c)
+{
+    return (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
+}
+bool ascii_case_eq(const char *a, size_t alen, const char *b, size_t blen);
+/* Lower-cases s in place; returns s. */
+char *ascii_lower_str(char *s);
+
+/* Writes all of buf to fd, retrying on EINTR and short writes; -1 with errno on error. */
+int write_all(int fd, const void *buf, size_t len);
+/* Reads a whole (small) file into a NUL-terminated heap buffer; NULL with errno on error. */
+char *read_file(const char *path, size_t max_len, size_t *len_out);
+/* Monotonic clock in microseconds. */
+uint64_t monotonic_us(void);
+
+/* A list of human-readable error messages, for validators that report every problem at once
+ * rather than the first. Messages name where the problem is (a JSON path, a file). */
+struct errlist {
+    char **msgs;
+    size_t n;
+};
+void errlist_add(struct errlist *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void errlist_free(struct errlist *e);
+
+#endif

@@ -1,0 +1,188 @@
+#include "worker.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/dns.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+
+#include "conn.h"
+#include "log.h"
+#include "upstream.h"
+#include "util.h"
+
+/* How long in-flight requests may run after a stop request before they are cut off. */
+#define SHUTDOWN_GRACE_SECONDS 10
+
+static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *addr,
+                      int len, void *arg)
+{
+    (void)l;
+    conn_accept_explicit(arg, fd, addr, len);
+}
+
+static void accept_error_cb(struct evconnlistener *l, void *arg)
+{
+    struct worker *w = arg;
+    (void)l;
+    /* EMFILE and friends: log and keep going; libevent retries on the next readiness. */
+    log_warn("worker %d: accept failed: %s", w->index,
+             evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+}
+
+static void grace_over_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    (void)fd;
+    (void)what;
+    struct conn *c;
+    while ((c = LIST_FIRST(&w->conns)) != NULL)
+        conn_abort(c);
+    event_base_loopbreak(w->base);
+}
+
+/* Runs in the worker thread when another thread activated w->wakeup. */
+static void wakeup_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    (void)fd;
+    (void)what;
+    pthread_mutex_lock(&w->lock);
+    struct snapshot *next = w->pending;
+    w->pending = NULL;
+    bool stop = w->stop_requested;
+    pthread_mutex_unlock(&w->lock);
+
+    if (next != NULL) {
+        struct snapshot *old = w->current;
+        w->current = next;
+        /* Pooled connections were verified under the old trust settings and may point at an
+         * old dns_remap target: start afresh. */
+        upstream_pool_flush(w);
+        snapshot_unref(old);
+        atomic_store(&w->applied_version, next->version);
+    }
+    if (stop && !w->draining) {
+        w->draining = true;
+        if (w->proxy_listener) {
+            evconnlistener_free(w->proxy_listener);
+            w->proxy_listener = NULL;
+        }
+        upstream_pool_flush(w);
+        conn_close_idle(w);
+        if (w->n_conns == 0) {
+            event_base_loopbreak(w->base);
+        } else {
+            struct timeval tv = {.tv_sec = SHUTDOWN_GRACE_SECONDS, .tv_usec = 0};
+            event_base_once(w->base, -1, EV_TIMEOUT, grace_over_cb, w, &tv);
+        }
+    }
+}
+
+struct worker *worker_new(int index, const struct serve_shared *shared, int proxy_fd,
+                          struct snapshot *snap, char *err, size_t err_len)
+{
+    struct worker *w = xcalloc(1, sizeof(*w));
+    w->index = index;
+    w->shared = shared;
+    pthread_mutex_init(&w->lock, NULL);
+    LIST_INIT(&w->conns);
+    TAILQ_INIT(&w->idle_upstreams);
+    w->current = snapshot_ref(snap);
+    atomic_init(&w->applied_version, snap->version);
+
+    w->base = event_base_new();
+    if (w->base == NULL) {
+        snprintf(err, err_len, "cannot create event base");
+        goto fail;
+    }
+    /* Resolver: the configured one, else /etc/resolv.conf. /etc/hosts is honoured either way. */
+    int dns_flags = shared->upstream_dns ? 0 : EVDNS_BASE_INITIALIZE_NAMESERVERS;
+    w->dns = evdns_base_new(w->base, dns_flags | EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+    if (w->dns == NULL) {
+        snprintf(err, err_len, "cannot create DNS resolver");
+        goto fail;
+    }
+    if (shared->upstream_dns && evdns_base_nameserver_ip_add(w->dns, shared->upstream_dns) != 0) {
+        snprintf(err, err_len, "invalid --upstream-dns address '%s'", shared->upstream_dns);
+        goto fail;
+    }
+    evdns_base_load_hosts(w->dns, NULL);
+    evdns_base_set_option(w->dns, "timeout:", "3");
+    evdns_base_set_option(w->dns, "attempts:", "2");
+    w->wakeup = event_new(w->base, -1, EV_PERSIST, wakeup_cb, w);
+    event_add(w->wakeup, NULL);
+    if (proxy_fd != -1) {
+        w->proxy_listener = evconnlistener_new(w->base, accept_cb, w, LEV_OPT_CLOSE_ON_EXEC, -1,
+                                               proxy_fd);
+        if (w->proxy_listener == NULL) {
+            snprintf(err, err_len, "cannot listen on the proxy socket");
+            goto fail;
+        }
+        evconnlistener_set_error_cb(w->proxy_listener, accept_error_cb);
+    }
+    return w;
+fail:
+    worker_join_and_free(w);
+    return NULL;
+}
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL); /* signals are the main thread's business */
+    event_base_dispatch(w->base);
+    return NULL;
+}
+
+int worker_start(struct worker *w)
+{
+    return pthread_create(&w->thread, NULL, worker_main, w) == 0 ? 0 : -1;
+}
+
+void worker_post_snapshot(struct worker *w, struct snapshot *snap)
+{
+    pthread_mutex_lock(&w->lock);
+    if (w->pending)
+        snapshot_unref(w->pending);
+    w->pending = snapshot_ref(snap);
+    pthread_mutex_unlock(&w->lock);
+    event_active(w->wakeup, EV_READ, 0);
+}
+
+void worker_stop(struct worker *w)
+{
+    pthread_mutex_lock(&w->lock);
+    w->stop_requested = true;
+    pthread_mutex_unlock(&w->lock);
+    event_active(w->wakeup, EV_READ, 0);
+}
+
+void worker_join_and_free(struct worker *w)
+{
+    if (w == NULL)
+        return;
+    if (w->thread)
+        pthread_join(w->thread, NULL);
+    struct conn *c;
+    while ((c = LIST_FIRST(&w->conns)) != NULL)
+        conn_abort(c);
+    upstream_pool_flush(w);
+    if (w->proxy_listener)
+        evconnlistener_free(w->proxy_listener);
+    if (w->wakeup)
+        event_free(w->wakeup);
+    if (w->dns)
+        evdns_base_free(w->dns, 1);
+    if (w->base)
+        event_base_free(w->base);
+    snapshot_unref(w->pending);
+    snapshot_unref(w->current);
+    pthread_mutex_destroy(&w->lock);
+    free(w);
+}

@@ -1,0 +1,70 @@
+/* worker: one thread, one event loop, one DNS base; owns the connections it accepted.
+ *
+ * Workers share nothing mutable with each other. What they share is read-only (struct
+ * serve_shared) or an immutable snapshot handed over through worker_post_snapshot, the one
+ * cross-thread entry point besides worker_stop. */
+#ifndef AUTHPROXY_WORKER_H
+#define AUTHPROXY_WORKER_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/queue.h>
+
+#include "snapshot.h"
+
+struct event_base;
+struct evdns_base;
+struct event;
+struct evconnlistener;
+struct conn;
+struct upstream;
+
+/* State every worker reads and nobody writes after serve has started them. */
+struct serve_shared {
+    struct tls_mitm *mitm;
+    struct audit_log *audit;
+    const char *upstream_dns; /* "ip:port" of the resolver for upstream names, or NULL */
+};
+
+LIST_HEAD(conn_list, conn);
+TAILQ_HEAD(upstream_list, upstream);
+
+struct worker {
+    int index;
+    const struct serve_shared *shared;
+    pthread_t thread;
+    struct event_base *base;
+    struct evdns_base *dns;
+    struct evconnlistener *proxy_listener;
+    struct event *wakeup; /* activated from other threads: new snapshot, stop */
+
+    pthread_mutex_t lock; /* guards pending and stop_requested */
+    struct snapshot *pending;
+    bool stop_requested;
+
+    /* Below: touched only by the worker's own thread. */
+    struct snapshot *current;  /* one reference */
+    struct conn_list conns;    /* every live client connection */
+    size_t n_conns;
+    struct upstream_list idle_upstreams; /* pool of reusable upstream connections, LRU first */
+    size_t n_idle_upstreams;
+    bool draining; /* stop accepting; close connections as they go idle */
+
+    atomic_uint_fast64_t applied_version; /* the snapshot version now in use (any thread reads) */
+};
+
+/* Creates the worker's event base, DNS base and a listener on the shared listening socket
+ * proxy_fd (not owned), and takes one reference to snap. Does not start the thread. */
+struct worker *worker_new(int index, const struct serve_shared *shared, int proxy_fd,
+                          struct snapshot *snap, char *err, size_t err_len);
+int worker_start(struct worker *w);
+/* Hands snap to the worker (takes a reference). Thread-safe. */
+void worker_post_snapshot(struct worker *w, struct snapshot *snap);
+/* Asks the worker to stop accepting, finish in-flight requests (at most grace_ms) and exit. */
+void worker_stop(struct worker *w);
+void worker_join_and_free(struct worker *w);
+
+#endif
