@@ -20,12 +20,30 @@ void tls_upstream_free(struct tls_upstream *u);
 
 /* A new client SSL for host (a DNS name or an IP literal, as the sandbox named it) and port:
  * SNI (not for IP literals), hostname/IP verification, a cached session to resume if any.
- * The caller owns the SSL. Call tls_upstream_session_done once the handshake succeeds so the
- * session can be cached. */
+ * host is case-insensitive; an IPv6 literal may be bracketed ("[::1]"); one trailing dot is
+ * ignored. Returns NULL if host is neither a valid host name nor an IP literal.
+ * The caller owns the SSL and must free it before tls_upstream_free(u).
+ * Sessions are cached automatically (an OpenSSL new-session callback stores them under
+ * "host:port", with TLS 1.3 when the ticket arrives during a later SSL_read): there is nothing
+ * to call after the handshake, and an abrupt close does not spoil the cached session. */
 SSL *tls_upstream_new_ssl(struct tls_upstream *u, const char *host, uint16_t port);
 
-/* After a failed handshake: a short description of why, for the 502 body and the audit log
- * ("certificate verify failed: unable to get local issuer certificate"). Static or owned by ssl. */
+/* After a failed handshake: a short description of why, for the 502 body and the audit log.
+ * Never NULL. One of "hostname mismatch", "IP address mismatch",
+ * "certificate verify failed: <X509 verify error>" (e.g. "... unable to get local issuer
+ * certificate", "... certificate has expired"), "handshake failed: <OpenSSL reason>" (e.g.
+ * "... wrong version number", "... tlsv1 alert protocol version") or "handshake failed".
+ * Sources, in order: the certificate verification result; the most recent error in this
+ * thread's OpenSSL error queue; the error of the first failed handshake call (recorded on the
+ * SSL by an info callback, so it survives the queue being drained, as libevent's
+ * bufferevent_openssl does before running the event callback; an SSL_set_info_callback of
+ * your own on the SSL would replace that recording). Clear the queue
+ * (ERR_clear_error) before driving the handshake yourself so stale errors cannot leak in.
+ * Static or owned by ssl (valid until SSL_free or the next call). */
 const char *tls_upstream_failure_reason(SSL *ssl);
+
+/* Same, with an OpenSSL error code obtained elsewhere taking the place of the error queue,
+ * e.g. bufferevent_get_openssl_error(bev) in a libevent event callback (0: use the queue). */
+const char *tls_upstream_failure_reason_err(SSL *ssl, unsigned long ossl_err);
 
 #endif
