@@ -1,0 +1,260 @@
+"""Shared fixtures of the end-to-end suite: a real authproxy daemon, a test PKI, recording
+origins (plain, TLS, WebSocket, git smart-HTTP), a loopback-only DNS server, and the checks
+every test gets for free at teardown:
+
+  * each daemon exits with status 0 within 10 s of SIGTERM, and its stderr has no sanitizer
+    report (the suite also runs against build/asan/authproxy);
+  * no secret value used anywhere in the session appears in any daemon's audit log, stderr
+    or stdout.
+
+Run:  AUTHPROXY_BIN=build/authproxy /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/e2e
+"""
+import os
+import secrets as _secrets
+import subprocess
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from helpers.daemon import SANITIZER_MARKERS, Daemon, sanitizer_env  # noqa: E402
+from helpers.dns_server import DNSServer  # noqa: E402
+from helpers.origin import Origin  # noqa: E402
+from helpers.pki import CA  # noqa: E402
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+DEFAULT_BIN = os.path.join(ROOT, "build", "authproxy")
+
+# Names the good test leaf certificate is valid for. Tests map them to local origins with
+# dns_remap; clients always use port 443 / 80 in URLs, the remap supplies the real port.
+TEST_NAMES = ["api.example.test", "other.example.test", "git.example.test", "ws.example.test",
+              "np.example.test", "plain.example.test", "dns.example.test", "deny.example.test",
+              "allowed.example.test", "*.example.test"]
+
+# Every secret value handed to a daemon in this session; scanned for in every log.
+SESSION_SECRETS = set()
+
+
+# -- session-wide infrastructure ---------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def authproxy_bin():
+    path = os.path.abspath(os.environ.get("AUTHPROXY_BIN", DEFAULT_BIN))
+    if not os.access(path, os.X_OK):
+        pytest.fail("authproxy binary not found at %s (set AUTHPROXY_BIN or run make)" % path,
+                    pytrace=False)
+    return path
+
+
+class PKI:
+    def __init__(self, base):
+        self.root = CA(os.path.join(base, "root"), "authproxy e2e test root")
+        self.root_path = self.root.cert_path
+        self.good = self.root.issue("good", TEST_NAMES)
+        self.wrong_name = self.root.issue("wrongname", ["wrong-name.invalid.test"])
+        self.rogue = CA(os.path.join(base, "rogue"), "an untrusted root")
+        self.untrusted = self.rogue.issue("untrusted", TEST_NAMES)
+
+    def leaf(self, kind):
+        return {"good": self.good, "wrong_name": self.wrong_name, "untrusted": self.untrusted}[kind]
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory):
+    return PKI(str(tmp_path_factory.mktemp("pki")))
+
+
+@pytest.fixture(scope="session")
+def dns():
+    server = DNSServer()
+    yield server
+    server.close()
+
+
+def _git(*args, cwd=None):
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": cwd or "/nonexistent",
+           "GIT_CONFIG_NOSYSTEM": "1", "GIT_AUTHOR_NAME": "e2e", "GIT_AUTHOR_EMAIL": "e2e@test",
+           "GIT_COMMITTER_NAME": "e2e", "GIT_COMMITTER_EMAIL": "e2e@test"}
+    subprocess.run(["git"] + list(args), cwd=cwd, env=env, check=True, capture_output=True,
+                   timeout=30)
+
+
+class GitRepo:
+    def __init__(self, base):
+        self.root = base
+        work = os.path.join(base, "work")
+        os.makedirs(work)
+        _git("init", "-q", "-b", "main", cwd=work)
+        self.readme = "authproxy e2e repository %s\n" % _secrets.token_hex(8)
+        with open(os.path.join(work, "README"), "w") as f:
+            f.write(self.readme)
+        with open(os.path.join(work, "blob.bin"), "wb") as f:
+            f.write(os.urandom(300 * 1024))  # big enough for a real pack transfer
+        _git("add", "README", "blob.bin", cwd=work)
+        _git("commit", "-q", "-m", "initial", cwd=work)
+        _git("clone", "-q", "--bare", work, os.path.join(base, "repo.git"), cwd=base)
+
+
+@pytest.fixture(scope="session")
+def git_repo(tmp_path_factory):
+    return GitRepo(str(tmp_path_factory.mktemp("gitroot")))
+
+
+# -- per-test checks ---------------------------------------------------------------------------
+
+@pytest.fixture(autouse=True)
+def _no_secret_leaks():
+    """Collects the daemons a test starts; after they are stopped (this fixture is torn down
+    last) asserts that no secret value of the session appears in their logs."""
+    daemons = []
+    yield daemons
+    leaks = []
+    for d in daemons:
+        for label, text in (("audit log", d.audit_text()), ("stderr", d.stderr_text()),
+                            ("stdout", _read(d.stdout_path))):
+            for s in sorted(SESSION_SECRETS):
+                if s in text:
+                    leaks.append("secret %s... found in %s of %s" % (s[:10], label, d.dir))
+    assert not leaks, "\n".join(leaks)
+
+
+def _read(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return ""
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed:
+        for d in getattr(item, "_authproxy_daemons", []):
+            rep.sections.append(("authproxy stderr (%s)" % d.dir, d.stderr_text()[-8000:]))
+            rep.sections.append(("authproxy audit (%s)" % d.dir, d.audit_text()[-4000:]))
+
+
+# -- the stack a test builds -------------------------------------------------------------------
+
+class Stack:
+    """Origins, secrets and daemons of one test, torn down together."""
+
+    def __init__(self, tmp, pki, dns, binary, git_repo_factory, daemons):
+        self.tmp = tmp
+        self.pki = pki
+        self.dns = dns
+        self.binary = binary
+        self._git_repo_factory = git_repo_factory
+        self.remaps = {}
+        self.servers = []
+        self.daemons = daemons
+        self.ca = None  # interception CA path of the last daemon started
+
+    # origins
+    def tls_origin(self, *names, cert="good", git=False):
+        cert_path, key_path = self.pki.leaf(cert)
+        root = self._git_repo_factory().root if git else None
+        o = Origin(cert_path, key_path, git_root=root, name=names[0] if names else "origin")
+        self.servers.append(o)
+        for n in names:
+            self.remaps[n] = "127.0.0.1:%d" % o.port
+        return o
+
+    def plain_origin(self, *names):
+        o = Origin(name=names[0] if names else "plain-origin")
+        self.servers.append(o)
+        for n in names:
+            self.remaps[n] = "127.0.0.1:%d" % o.port
+        return o
+
+    def ws_origin(self, *names):
+        from helpers.ws_origin import WSOrigin
+        cert_path, key_path = self.pki.good
+        o = WSOrigin(cert_path, key_path)
+        self.servers.append(o)
+        for n in names:
+            self.remaps[n] = "127.0.0.1:%d" % o.port
+        return o
+
+    def remap(self, name, addr):
+        self.remaps[name] = addr
+
+    # secrets
+    @staticmethod
+    def secret(prefix="sk-e2e"):
+        value = "%s-%s" % (prefix, _secrets.token_hex(16))
+        SESSION_SECRETS.add(value)
+        return value
+
+    # daemons
+    def config(self, proxy_config=None, secrets=None, limits=None, **extra):
+        pc = {"rules": [], "callbacks": [], "no_proxy": [], "access_control": {}}
+        pc.update(proxy_config or {})
+        cfg = {"secrets": dict(secrets or {}), "proxy_config": pc,
+               "dns_remap": dict(self.remaps), "upstream_ca_file": self.pki.root_path}
+        if limits:
+            cfg["limits"] = limits
+        cfg.update(extra)
+        return cfg
+
+    def start(self, proxy_config=None, secrets=None, limits=None, workers=2, config=None):
+        cfg = config if config is not None else self.config(proxy_config, secrets, limits)
+        d = Daemon(self.binary, os.path.join(self.tmp, "daemon%d" % len(self.daemons)), cfg,
+                   self.dns.addr, workers=workers)
+        self.daemons.append(d)
+        d.start()
+        self.ca = d.ca_path()
+        return d
+
+    def teardown(self):
+        problems = []
+        for d in self.daemons:
+            if d.proc is None:
+                continue
+            rc = d.stop(10.0)
+            if rc != 0:
+                problems.append("%s: exit status after SIGTERM was %s (want 0 within 10 s)"
+                                % (d.dir, "killed after timeout" if rc is None else rc))
+            err = d.stderr_text()
+            for marker in SANITIZER_MARKERS:
+                if marker in err:
+                    problems.append("%s: stderr contains %r:\n%s" % (d.dir, marker, err[-6000:]))
+                    break
+        for s in self.servers:
+            s.close()
+        assert not problems, "\n".join(problems)
+
+
+@pytest.fixture
+def stack(request, tmp_path, pki, dns, authproxy_bin, _no_secret_leaks):
+    s = Stack(str(tmp_path), pki, dns, authproxy_bin,
+              lambda: request.getfixturevalue("git_repo"), _no_secret_leaks)
+    request.node._authproxy_daemons = s.daemons
+    yield s
+    s.teardown()
+
+
+# -- rule and client helpers used by the tests --------------------------------------------------
+
+def header_rule(name, hosts, headers, paths=(), allow_plaintext=None, enabled=True):
+    """A header-injection rule; headers is a list of (name, type, value)."""
+    r = {"name": name, "enabled": enabled, "match_hosts": list(hosts), "match_paths": list(paths),
+         "headers": [{"name": n, "type": t, "value": v} for n, t, v in headers]}
+    if allow_plaintext is not None:
+        r["allow_plaintext"] = allow_plaintext
+    return r
+
+
+def client_env(home):
+    """A clean environment for client subprocesses: no inherited proxies, a private HOME."""
+    env = sanitizer_env()
+    for k in list(env):
+        if k.startswith(("GIT_", "CURL_", "SSL_", "REQUESTS_")):
+            del env[k]
+    env["HOME"] = home
+    env["GIT_CONFIG_NOSYSTEM"] = "1"
+    env["GIT_TERMINAL_PROMPT"] = "0"
+    return env
