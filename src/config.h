@@ -18,16 +18,18 @@
  * The original name is still used for SNI, certificate verification and Host. */
 struct dns_remap_entry {
     char *name; /* normalised (lower-case, no trailing dot) */
-    char *host; /* an IP literal or a name */
+    char *host; /* canonical (glob.h host_normalize): a lower-case name, dotted-quad IPv4, or an
+                 * IPv6 literal without brackets */
     uint16_t port;
 };
 
-/* Operational limits (an authproxy extension to SPEC §8's file, all optional). */
+/* Operational limits (an authproxy extension to SPEC §8's file, all optional). Accepted ranges:
+ * max_header_bytes 1024..1048576, each timeout 1..86400000 ms. */
 struct config_limits {
-    size_t max_header_bytes;       /* request/response head size; over it: 431. Default 65536 */
-    unsigned header_timeout_ms;    /* a head must arrive within this. Default 30000 */
-    unsigned idle_timeout_ms;      /* idle keep-alive / tunnel connections close. Default 300000 */
-    unsigned connect_timeout_ms;   /* upstream TCP+TLS connect. Default 10000 */
+    size_t max_header_bytes;     /* request/response head size; over it: 431. Default 65536 */
+    unsigned header_timeout_ms;  /* a head must arrive within this. Default 30000 */
+    unsigned idle_timeout_ms;    /* idle keep-alive / tunnel connections close. Default 300000 */
+    unsigned connect_timeout_ms; /* upstream TCP+TLS connect. Default 10000 */
 };
 
 struct config {
@@ -39,12 +41,15 @@ struct config {
 };
 
 /* Reads and validates FILE. On failure returns NULL and appends to errs one message per problem,
- * each starting with "FILE: " and naming the JSON path. */
+ * each starting with "FILE: " and naming the JSON path (invalid JSON: line and column). A file
+ * holding secrets that group or others may access only draws a log_warn. Every copy of the
+ * secrets made while loading is zeroed; the config itself keeps none (they are resolved into
+ * the policy). Unknown keys are errors; JSON null for an optional key means absent. */
 struct config *config_load_file(const char *path, uint64_t version, struct errlist *errs);
 
 /* Same for a JSON text in memory; source_name prefixes the messages. */
-struct config *config_parse(const char *text, size_t len, const char *source_name,
-                            uint64_t version, struct errlist *errs);
+struct config *config_parse(const char *text, size_t len, const char *source_name, uint64_t version,
+                            struct errlist *errs);
 
 /* A config with an empty policy and default limits (serve without --config). */
 struct config *config_new_default(uint64_t version);

@@ -54,8 +54,8 @@ int host_normalize(const char *in, size_t in_len, char *out, size_t out_size, ui
  * side-step a deny_list entry; a name ending in a numeric label that is not a valid IPv4
  * address is refused. Patterns are canonicalised the same way. */
 
-/* Path glob. Returns 0 if pattern is acceptable (starts with '/' or is "*", no control
- * characters), else -1 with *err set. */
+/* Path glob. Returns 0 if pattern is acceptable (starts with '/' or '*'; no control characters,
+ * spaces, '?' or '#', since the query string is never matched), else -1 with *err set. */
 int path_pattern_validate(const char *pattern, const char **err);
 /* Matches without backtracking blow-up (linear in pattern x path in the worst case). The match
  * is case-sensitive, on the raw path as sent (no percent-decoding). A path containing a "." or

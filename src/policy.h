@@ -103,11 +103,14 @@ enum policy_request_action {
     POLICY_REFUSE_PLAINTEXT,  /* rule matched but the request would leave in plain text */
 };
 
-/* REFUSE_PLAINTEXT carries the rule, or (rule NULL) the callback, that would have supplied the
- * credential: callback credentials are held to the same TLS-only rule as a rule's. */
+/* Callback credentials are held to the same TLS-only rule as a rule's: a plain-HTTP request
+ * that a callback would serve is REFUSE_PLAINTEXT unless the callback sets allow_plaintext. rule
+ * is never NULL for REFUSE_PLAINTEXT: when a callback refused, rule is a stand-in named
+ * "callbacks" (no hosts, no headers) and callback is set, so callers can always name
+ * rule->name as what decided. */
 struct policy_request_decision {
     enum policy_request_action action;
-    const struct policy_rule *rule;         /* INJECT, REFUSE_PLAINTEXT from a rule */
+    const struct policy_rule *rule;         /* INJECT, REFUSE_PLAINTEXT */
     const struct policy_callback *callback; /* CALLBACK, REFUSE_PLAINTEXT from a callback */
 };
 
@@ -128,8 +131,9 @@ struct secret_source {
  * *.github.com. Returns the number of patterns written to out (0: unrestricted). */
 size_t policy_default_secret_hosts(const char *key, const char **out, size_t out_cap);
 
-/* Compiles a proxy_config JSON object (NULL or JSON null: an empty policy). json_path prefixes error messages
- * ("proxy_config.rules[0].headers[1].type: expected one of ..."). Every problem found is
+/* Compiles a proxy_config JSON object (NULL or JSON null: an empty policy). json_path prefixes
+ * error messages ("proxy_config.rules[0].headers[1].type: expected one of ..."), and is
+ * "proxy_config" when NULL. Every problem found is
  * appended to errs; on any error the result is NULL and nothing is half-built. Legacy rules
  * with "inject_headers" ({"Authorization": "Bearer ${KEY}"}) are accepted. version is an
  * opaque number reported in audit/metrics. The result has one reference. */
@@ -166,6 +170,9 @@ const struct policy_callback *policy_callbacks(const struct policy *p, size_t *n
 json_t *policy_config_upgrade(const json_t *proxy_config);
 
 /* Helpers shared with config.c's validator, so both report errors the same way. */
+
+/* True if name can be referenced as {NAME}: [A-Za-z_][A-Za-z0-9_]*. */
+bool policy_valid_secret_name(const char *name);
 
 /* "a string", "an object", ... for "expected X, found Y" messages. */
 const char *policy_json_kind(const json_t *v);
