@@ -21,7 +21,8 @@ fi
 /usr/bin/python3 scripts/demo-origin.py --port 9443 --cert "$DEMO/origin.crt" --key "$DEMO/origin.key" &
 ORIGIN=$!
 trap 'kill $ORIGIN 2>/dev/null || true' EXIT INT TERM
-"$BIN" ca cert --state-dir "$STATE" > "$STATE/../authproxy-ca.crt"
+chmod 600 examples/demo.json  # it holds a (demo) secret; the daemon warns otherwise
+"$BIN" ca cert --state-dir "$STATE" > var/authproxy-ca.crt
 cat <<MSG
 
 authproxy is starting with examples/demo.json (state in $STATE, CA generated there).

@@ -876,6 +876,11 @@ static void handle_request_head(struct conn *c)
         int status = -rc;
         c->req = request_new(c);
         snprintf(c->req->method, sizeof(c->req->method), "-");
+        if (c->in_tunnel) {
+            snprintf(c->req->host, sizeof(c->req->host), "%s", c->tunnel_host);
+            c->req->port = c->tunnel_port;
+            c->req->scheme = c->tunnel_tls ? "https" : "http";
+        }
         c->req->error = status == 431 ? "request header fields too large" : why[0];
         refuse(c, status, "denied", "http_parser",
                status == 431 ? "request header fields too large" : "bad request");

@@ -156,6 +156,7 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    util_install_zeroing_json_allocator();
     const char *cmd = argv[1];
     if (strcmp(cmd, "serve") == 0)
         return cmd_serve(argc - 1, argv + 1);

@@ -10,6 +10,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <malloc.h>
+
+#include <jansson.h>
 #include <openssl/crypto.h>
 
 static void out_of_memory(size_t n)
@@ -79,6 +82,19 @@ void secure_zero(void *p, size_t n)
         OPENSSL_cleanse(p, n);
 }
 
+static void zeroing_free(void *p)
+{
+    if (p == NULL)
+        return;
+    secure_zero(p, malloc_usable_size(p));
+    free(p);
+}
+
+void util_install_zeroing_json_allocator(void)
+{
+    json_set_alloc_funcs(xmalloc, zeroing_free);
+}
+
 void secret_free(char *s)
 {
     if (s == NULL)
@@ -129,8 +145,17 @@ char *read_file(const char *path, size_t max_len, size_t *len_out)
         return NULL;
     for (;;) {
         if (len + 4096 + 1 > cap) {
-            cap = cap ? cap * 2 : 8192;
-            buf = xrealloc(buf, cap);
+            /* Grow by copy, zeroing the old block: the file may hold secrets, and realloc would
+             * leave a stale copy in freed memory. */
+            size_t ncap = cap ? cap * 2 : 8192;
+            char *nbuf = xmalloc(ncap);
+            if (buf) {
+                memcpy(nbuf, buf, len);
+                secure_zero(buf, cap);
+                free(buf);
+            }
+            buf = nbuf;
+            cap = ncap;
         }
         ssize_t n = read(fd, buf + len, cap - len - 1);
         if (n == -1) {

@@ -23,6 +23,11 @@ char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* Overwrites n bytes at p with zeros in a way the compiler cannot elide. */
 void secure_zero(void *p, size_t n);
+/* Makes jansson allocate through xmalloc and zero every block it frees: config and API
+ * documents carry secret values, and jansson frees its strings without clearing them. Called
+ * once at start-up, before any JSON is parsed (process-wide setting). */
+void util_install_zeroing_json_allocator(void);
+
 /* Zeroes then frees a NUL-terminated string holding a secret. NULL is allowed. */
 void secret_free(char *s);
 
