@@ -1,0 +1,185 @@
+#!/usr/bin/env python3
+"""Turns bench/run.sh's raw results (RESULT/META lines of key=value) into Markdown tables.
+
+Usage: report.py RESULTS_FILE   (prints Markdown on stdout)
+
+The headline table compares each proxy with the direct path measured in the same run; ratios,
+not absolute numbers, are what the targets are about. It reports, it never fails on a miss.
+"""
+import sys
+
+
+def parse(path):
+    runs, meta = {}, {}
+    with open(path) as f:
+        for line in f:
+            words = line.split()
+            if not words:
+                continue
+            kv = dict(w.split("=", 1) for w in words[1:] if "=" in w)
+            if words[0] == "META":
+                meta.update(kv)
+            elif words[0] == "RESULT" and "id" in kv and "side" in kv:
+                runs[(kv["side"], kv["id"])] = kv
+    return runs, meta
+
+
+def num(run, key):
+    if run is None or run.get("failed") == "1" or key not in run:
+        return None
+    try:
+        return float(run[key])
+    except ValueError:
+        return None
+
+
+def fmt_rate(v):
+    return "n/a" if v is None else f"{v:,.0f}"
+
+
+def fmt_ms(us):
+    return "n/a" if us is None else f"{us / 1000:.2f} ms"
+
+
+def fmt_ratio(a, b):
+    if a is None or b is None or b == 0:
+        return "n/a"
+    return f"{a / b:.2f}×"
+
+
+def verdict(ok):
+    return "n/a" if ok is None else ("meets" if ok else "**misses**")
+
+
+def main():
+    runs, meta = parse(sys.argv[1])
+    sides = ["authproxy", "mitmproxy"]
+
+    def get(side, rid):
+        return runs.get((side, rid))
+
+    out = []
+    w = out.append
+    w(f"Run {meta.get('date', '?')} on {meta.get('nproc', '?')} cores "
+      f"({meta.get('cpu', '?').replace('_', ' ')}); {meta.get('conns', '?')} connections, "
+      f"{meta.get('duration', '?')} s per run after {meta.get('warmup', '?')} s warm-up; "
+      "load generator, nginx (2 workers) and the proxy (2 workers) share the cores; "
+      f"load from other processes just before the runs: {meta.get('load_before', '?')} cores.")
+    w("")
+    for side in sides:
+        why = meta.get(f"{side}_why")
+        if why:
+            w(f"- {side}: not measured — {why.replace('_', ' ')}")
+    if any(meta.get(f"{s}_why") for s in sides):
+        w("")
+
+    w("| workload | direct | authproxy | ratio | target | verdict | mitmproxy | ratio |")
+    w("|---|---:|---:|---:|---|---|---:|---:|")
+
+    def rate_row(label, rid, target, direct_rid=None):
+        d = num(get("direct", direct_rid or rid), "rps")
+        a = num(get("authproxy", rid), "rps")
+        m = num(get("mitmproxy", rid), "rps")
+        ok = None if a is None or d in (None, 0) else a / d >= target
+        w(f"| {label} | {fmt_rate(d)} | {fmt_rate(a)} | {fmt_ratio(a, d)} | ≥ {target}× | "
+          f"{verdict(ok)} | {fmt_rate(m)} | {fmt_ratio(m, d)} |")
+
+    rate_row("plain HTTP keep-alive, header injected (wrk), req/s", "plain_ka", 0.6)
+    rate_row("intercepted HTTPS keep-alive (loadgen), req/s", "tls_ka", 0.5)
+    rate_row("new TLS connections, origin keeps upstream alive (loadgen), conn/s", "tls_new", 0.4)
+    rate_row("new TLS connections, origin closes after each response: client + upstream "
+             "handshake (loadgen), conn/s", "tls_new_noreuse", 0.4, direct_rid="tls_new")
+
+    def p99_row(label, rid, target_us):
+        d = num(get("direct", rid), "p99_us")
+        a = num(get("authproxy", rid), "p99_us")
+        m = num(get("mitmproxy", rid), "p99_us")
+        add = None if a is None or d is None else a - d
+        madd = None if m is None or d is None else m - d
+        ok = None if add is None or target_us is None else add < target_us
+        tgt = "added < 1 ms" if target_us is not None else "(info)"
+        w(f"| {label} | {fmt_ms(d)} | {fmt_ms(a)} | "
+          f"{'n/a' if add is None else f'+{add / 1000:.2f} ms'} | {tgt} | "
+          f"{verdict(ok) if target_us is not None else '—'} | {fmt_ms(m)} | "
+          f"{'n/a' if madd is None else f'+{madd / 1000:.2f} ms'} |")
+
+    rate = meta.get("rate", "?")
+    p99_row(f"p99 latency, plain HTTP paced at {rate} req/s", "plain_paced", 1000)
+    p99_row(f"p99 latency, HTTPS keep-alive paced at {rate} req/s", "tls_paced", 1000)
+    p99_row("p99 latency at saturation, plain HTTP keep-alive", "plain_ka", None)
+    p99_row("p99 latency at saturation, HTTPS keep-alive", "tls_ka", None)
+
+    def idle_kib(side):
+        r = get(side, "idle")
+        opened = num(r, "open")
+        b, a = num(r, "rss_before_kib"), num(r, "rss_after_kib")
+        if not opened or b is None or a is None:
+            return None, r
+        return (a - b) / opened, r
+
+    a_kib, a_run = idle_kib("authproxy")
+    m_kib, m_run = idle_kib("mitmproxy")
+    ok = None if a_kib is None else a_kib <= 64
+    w(f"| RSS per idle intercepted connection | — | "
+      f"{'n/a' if a_kib is None else f'{a_kib:.1f} KiB'} | — | ≤ 64 KiB | {verdict(ok)} | "
+      f"{'n/a' if m_kib is None else f'{m_kib:.1f} KiB'} | — |")
+    w("")
+
+    busy = [(s, i) for (s, i), r in runs.items() if (num(r, "other_cores") or 0) > 0.25]
+    if busy:
+        w(f"**Warning:** other processes used more than 0.25 cores during {len(busy)} run(s) "
+          "(column 'other load'); those numbers are low and noisy. The machine is shared.")
+        w("")
+    w("Every run (CPU columns: process CPU time per completed request, warm-up included; "
+      "client: cores the load generator used; other load: cores used meanwhile by processes "
+      "outside the benchmark; nginx conns: connections nginx accepted per 1000 requests — "
+      "for proxied runs, the proxy's upstream connections):")
+    w("")
+    w("| side | run | tool | req/s | p50 | p99 | p99.9 | errors | proxy CPU/req | "
+      "nginx CPU/req | client | other load | nginx conns /1k req |")
+    w("|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|")
+    order = ["plain_ka", "tls_ka_wrk", "tls_ka", "tls_new", "tls_new_noreuse", "plain_paced",
+             "tls_paced"]
+    for side in ["direct"] + sides:
+        for rid in order:
+            r = get(side, rid)
+            if r is None:
+                continue
+            if r.get("failed") == "1":
+                w(f"| {side} | {rid} | | failed | | | | | | | | | |")
+                continue
+            total = num(r, "requests_all") or 0
+            def per_req(key):
+                v = num(r, key)
+                return "—" if not v or not total else f"{v / total * 1e6:.0f} µs"
+            acc = num(r, "upstream_accepts")
+            conns_per_k = "n/a" if acc is None or not total else f"{acc / total * 1000:.1f}"
+            errors = r.get("errors", "?")
+            if errors not in ("0", "?"):
+                errors += f" ({r.get('error_kinds', '')})"
+            ccpu, wall = num(r, "client_cpu_s"), num(r, "wall_s")
+            cpu = None if ccpu is None or not wall else f"{ccpu / wall:.2f}"
+            other = r.get("other_cores", "?")
+            w(f"| {side} | {rid} | {r.get('tool', 'loadgen')} | {fmt_rate(num(r, 'rps'))} | "
+              f"{fmt_ms(num(r, 'p50_us'))} | {fmt_ms(num(r, 'p99_us'))} | "
+              f"{fmt_ms(num(r, 'p999_us'))} | {errors} | "
+              f"{per_req('proxy_cpu_s') if side != 'direct' else '—'} | {per_req('nginx_cpu_s')} | "
+              f"{'—' if cpu is None else cpu} | {other} | {conns_per_k} |")
+    for side, r in (("authproxy", a_run), ("mitmproxy", m_run)):
+        if r is None:
+            continue
+        w("")
+        w(f"Idle connections, {side}: {r.get('open', '?')} of {r.get('wanted', '?')} opened "
+          f"({r.get('failed', '?')} failed, {r.get('closed_by_peer', '?')} closed by the proxy "
+          f"while held); VmRSS {r.get('rss_before_kib', '?')} KiB before, "
+          f"{r.get('rss_after_kib', '?')} KiB with them open; upstream connections the proxy "
+          f"held open meanwhile: {r.get('upstream_open', '?')}.")
+    w("")
+    w(f"Versions: {meta.get('authproxy', '?').replace('_', ' ')}; nginx {meta.get('nginx', '?')}; "
+      f"OpenSSL {meta.get('openssl', '?')}; wrk {meta.get('wrk', '?')}; "
+      f"mitmproxy {meta.get('mitmproxy', '?')}; kernel {meta.get('kernel', '?')}.")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()

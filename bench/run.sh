@@ -1,0 +1,454 @@
+#!/usr/bin/env bash
+# bench/run.sh — authproxy's data-plane benchmarks, end to end (`make bench`).
+#
+# Starts an nginx origin (HTTP and HTTPS on loopback, bench PKI made here), authproxy and
+# mitmproxy on free loopback ports, runs the same client workloads directly against nginx and
+# through each proxy, and prints a table of ratios. It reports; it does not assert targets, and
+# exits 0 once it has reported (non-zero only when the harness itself cannot run: no nginx,
+# no wrk, loadgen does not compile). bench/README.md says what each run measures.
+#
+# Knobs (environment): BENCH_DURATION (s per run, default 8), BENCH_WARMUP (s, default 2),
+# BENCH_CONNS (32), BENCH_RATE (total req/s of the paced latency runs, 2000), BENCH_IDLE
+# (idle intercepted connections for the memory run, 2000), BENCH_MITM_IDLE (500),
+# BENCH_MITM=0 (skip mitmproxy), BENCH_KEEP=1 (keep the work dir), AUTHPROXY_BIN.
+set -uo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+BIN=${AUTHPROXY_BIN:-$ROOT/build/authproxy}
+OUT=$ROOT/build/bench
+DUR=${BENCH_DURATION:-8}
+WARM=${BENCH_WARMUP:-2}
+CONNS=${BENCH_CONNS:-32}
+RATE=${BENCH_RATE:-2000}
+IDLE=${BENCH_IDLE:-2000}
+MITM_IDLE=${BENCH_MITM_IDLE:-500}
+MITM=${BENCH_MITM:-1}
+NAME=origin.test
+SECRET=bench-secret
+CLK_TCK=$(getconf CLK_TCK)
+
+die() { echo "bench: $*" >&2; exit 1; }
+note() { echo "bench: $*" >&2; }
+
+for tool in nginx wrk openssl python3 curl cc pkg-config; do
+    command -v "$tool" >/dev/null 2>&1 || die "$tool is not installed (Debian: nginx-light wrk openssl python3 curl gcc pkg-config)"
+done
+
+mkdir -p "$OUT"
+WORK=$(mktemp -d /tmp/authproxy-bench.XXXXXX)
+chmod 755 "$WORK" # nginx workers drop to nobody when started as root
+mkdir -p "$WORK/pki" "$WORK/logs" "$WORK/nginx/tmp" "$WORK/state" "$WORK/mitm"
+RESULTS=$WORK/results.txt
+: > "$RESULTS"
+
+PIDS=()
+cleanup() {
+    local p
+    for p in "${PIDS[@]}"; do
+        kill "$p" 2>/dev/null || true
+    done
+    for p in "${PIDS[@]}"; do
+        wait "$p" 2>/dev/null || true
+    done
+    if [ "${BENCH_KEEP:-0}" = 1 ]; then
+        note "work dir kept: $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- helpers -----------------------------------------------------------------------------------
+
+# free_ports N: N distinct free TCP ports on 127.0.0.1 (bound together, then released).
+free_ports() {
+    python3 -c '
+import socket, sys
+ss = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in ss:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in ss))' "$1"
+}
+
+# wait_port PORT PID: waits up to 15 s for a listener on PORT while PID lives.
+wait_port() {
+    local i
+    for i in $(seq 150); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+            return 0
+        fi
+        kill -0 "$2" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
+}
+
+# cpu_ticks PID...: user+system clock ticks of the processes (all their threads) so far.
+cpu_ticks() {
+    local total=0 p rest
+    for p in "$@"; do
+        [ -r "/proc/$p/stat" ] || continue
+        rest=$(sed 's/.*) //' "/proc/$p/stat")
+        # after "pid (comm) ": field 3 is state, so utime/stime (fields 14/15) are 12th/13th here
+        total=$((total + $(echo "$rest" | awk '{print $12 + $13}')))
+    done
+    echo "$total"
+}
+
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+# machine_ticks: user+nice+system+steal clock ticks of the whole machine so far (interrupt time
+# left out: loopback traffic puts softirq work there that belongs to no process).
+machine_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $9; exit}' /proc/stat; }
+now_s() { date +%s.%N; }
+
+# wait_quiet: the machine is shared (other sessions build, test and fuzz on it). Waits up to
+# BENCH_QUIET_WAIT seconds (default 120) for less than 0.25 cores of load, and says what it saw.
+wait_quiet() {
+    local limit=${BENCH_QUIET_WAIT:-120} waited=0 t0 t1 load
+    while :; do
+        t0=$(machine_ticks)
+        sleep 2
+        t1=$(machine_ticks)
+        load=$(awk -v d=$((t1 - t0)) -v h="$CLK_TCK" 'BEGIN {printf "%.2f", d / h / 2}')
+        if awk -v l="$load" 'BEGIN {exit !(l < 0.25)}'; then
+            note "machine load before the runs: $load cores"
+            LOAD_BEFORE=$load
+            return
+        fi
+        if [ "$waited" -ge "$limit" ]; then
+            note "WARNING: the machine is busy ($load cores used by other processes); results will be low and noisy"
+            LOAD_BEFORE=$load
+            return
+        fi
+        [ "$waited" = 0 ] && note "machine busy ($load cores in use by other processes); waiting up to ${limit}s for it to calm down"
+        waited=$((waited + 2))
+    done
+}
+
+nginx_pids() { echo "$NGINX_PID $(ps -o pid= --ppid "$NGINX_PID" | tr '\n' ' ')"; }
+
+# nginx_accepts: connections nginx accepted so far (stub_status), i.e. upstream connections made
+# by whoever sits in front of it (the status request itself is one).
+nginx_accepts() {
+    curl -s --max-time 2 "http://127.0.0.1:$NG_HTTP/nginx_status" | awk 'NR == 3 {print $1}'
+}
+nginx_active() {
+    curl -s --max-time 2 "http://127.0.0.1:$NG_HTTP/nginx_status" | awk 'NR == 1 {print $3}'
+}
+
+# measure SIDE ID PROXY_PID COMMAND...: runs one client command and appends its RESULT line with
+# the CPU the proxy, nginx and the client used, the CPU every other process on the machine used
+# meanwhile (other_cores: a shared machine shows here), and the connections nginx accepted.
+measure() {
+    local side=$1 id=$2 ppid=$3
+    shift 3
+    local a0 a1 c0 c1 n0 n1 m0 m1 w0 w1 line client
+    a0=$(nginx_accepts)
+    c0=$( [ "$ppid" = - ] && echo 0 || cpu_ticks "$ppid")
+    n0=$(cpu_ticks $(nginx_pids))
+    m0=$(machine_ticks)
+    w0=$(now_s)
+    local TIMEFORMAT='%3U %3S'
+    { time "$@" > "$WORK/run.out" 2>>"$WORK/logs/client.err"; } 2> "$WORK/run.time"
+    w1=$(now_s)
+    m1=$(machine_ticks)
+    a1=$(nginx_accepts)
+    c1=$( [ "$ppid" = - ] && echo 0 || cpu_ticks "$ppid")
+    n1=$(cpu_ticks $(nginx_pids))
+    line=$(grep '^RESULT' "$WORK/run.out" | tail -1)
+    client=$(awk '{printf "%.2f", $1 + $2}' "$WORK/run.time")
+    [ -n "$line" ] || line="RESULT label=$id failed=1"
+    line="$line id=$id side=$side proxy_cpu_s=$(awk -v t=$((c1 - c0)) -v h="$CLK_TCK" 'BEGIN {printf "%.2f", t / h}')"
+    line="$line nginx_cpu_s=$(awk -v t=$((n1 - n0)) -v h="$CLK_TCK" 'BEGIN {printf "%.2f", t / h}')"
+    line="$line client_cpu_s=$client wall_s=$(awk -v a="$w0" -v b="$w1" 'BEGIN {printf "%.2f", b - a}')"
+    line="$line other_cores=$(awk -v m=$((m1 - m0)) -v o=$((c1 - c0 + n1 - n0)) -v c="$client" \
+        -v h="$CLK_TCK" -v a="$w0" -v b="$w1" 'BEGIN {x = ((m - o) / h - c) / (b - a); if (x < 0) x = 0; printf "%.2f", x}')"
+    line="$line upstream_accepts=$(( ${a1:-0} - ${a0:-0} - 1 ))"
+    echo "$line" >> "$RESULTS"
+    echo "$line" | awk '{
+        for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+        printf "  %-10s %-16s %10s req/s  p50 %8s us  p99 %9s us  errors %s  other load %s cores\n",
+               v["side"], v["id"], v["rps"], v["p50_us"], v["p99_us"], v["errors"], v["other_cores"] }' >&2
+}
+
+LG=$OUT/loadgen
+# lg ARGS...: loadgen with the common shape (connections, one client thread, duration, warm-up)
+lg() { timeout $((DUR + WARM + 60)) "$LG" -c "$CONNS" -t 1 -d "$DUR" -w "$WARM" "$@"; }
+
+# wrk_run URL TARGET HOST LABEL: the measured wrk run (one thread, like loadgen, so the client's
+# share of the two cores is the same for both tools). wrk has no warm-up phase: call wrk_warm
+# first, outside `measure`, so CPU per request is not inflated by it.
+wrk_run() {
+    BENCH_TARGET=$2 BENCH_HOST=$3 BENCH_LABEL=$4 timeout $((DUR + 60)) wrk -t 1 -c "$CONNS" \
+        -d "$DUR" --timeout 10s -s "$ROOT/bench/wrk_report.lua" "$1"
+}
+wrk_warm() {
+    BENCH_TARGET=$2 BENCH_HOST=$3 BENCH_LABEL=$4 timeout $((WARM + 30)) wrk -t 1 -c "$CONNS" \
+        -d "$WARM" -s "$ROOT/bench/wrk_report.lua" "$1" >/dev/null 2>&1
+}
+
+# --- build the load generator -------------------------------------------------------------------
+
+if [ ! -x "$LG" ] || [ "$ROOT/bench/loadgen.c" -nt "$LG" ]; then
+    note "building $LG"
+    cc -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
+        -Wmissing-prototypes -pthread "$ROOT/bench/loadgen.c" -o "$LG" \
+        $(pkg-config --cflags --libs openssl) -lm || die "loadgen does not compile"
+fi
+
+# --- bench PKI: a private CA and a P-256 leaf for origin.test ----------------------------------
+
+PKI=$WORK/pki
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj "/CN=authproxy bench origin CA" -keyout "$PKI/ca.key" -out "$PKI/ca.crt" 2>/dev/null \
+    || die "openssl: cannot make the bench CA"
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$NAME" \
+    -keyout "$PKI/origin.key" -out "$PKI/origin.csr" 2>/dev/null
+printf 'subjectAltName=DNS:%s\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' "$NAME" \
+    > "$PKI/ext.cnf"
+openssl x509 -req -in "$PKI/origin.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
+    -days 2 -extfile "$PKI/ext.cnf" -out "$PKI/origin.crt" 2>/dev/null || die "openssl: cannot sign the origin"
+chmod 644 "$PKI"/*
+
+# --- origin: nginx ----------------------------------------------------------------------------
+
+read -r NG_HTTP NG_HTTPS NG_HTTPS_CLOSE AP_PORT AP_CTL MITM_PORT <<<"$(free_ports 6)"
+cat > "$WORK/nginx/nginx.conf" <<EOF
+# authproxy bench origin: a tiny fixed response on HTTP and HTTPS, keep-alive without limits.
+worker_processes 2;
+worker_rlimit_nofile 20000;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/logs/nginx-error.log warn;
+events { worker_connections 10000; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/nginx/tmp/body;
+    proxy_temp_path $WORK/nginx/tmp/proxy;
+    fastcgi_temp_path $WORK/nginx/tmp/fastcgi;
+    uwsgi_temp_path $WORK/nginx/tmp/uwsgi;
+    scgi_temp_path $WORK/nginx/tmp/scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    default_type text/plain;
+    server {
+        listen 127.0.0.1:$NG_HTTP;
+        listen 127.0.0.1:$NG_HTTPS ssl;
+        server_name $NAME;
+        ssl_certificate $PKI/origin.crt;
+        ssl_certificate_key $PKI/origin.key;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        location = / { return 200 "ok\n"; }
+        location = /check { return 200 "authorization=\$http_authorization\n"; }
+        location = /nginx_status { stub_status; }
+    }
+    # The same origin without keep-alive: a proxy in front of it must open (and handshake) a
+    # new upstream connection for every request.
+    server {
+        listen 127.0.0.1:$NG_HTTPS_CLOSE ssl;
+        server_name $NAME;
+        ssl_certificate $PKI/origin.crt;
+        ssl_certificate_key $PKI/origin.key;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        keepalive_timeout 0;
+        location = / { return 200 "ok\n"; }
+    }
+}
+EOF
+nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" -e "$WORK/logs/nginx-error.log" -g 'daemon off;' \
+    > "$WORK/logs/nginx.out" 2>&1 &
+NGINX_PID=$!
+PIDS+=("$NGINX_PID")
+wait_port "$NG_HTTPS" "$NGINX_PID" || { cat "$WORK/logs/nginx-error.log" >&2; die "nginx did not start"; }
+
+HOST_PLAIN="$NAME:$NG_HTTP"
+HOST_TLS="$NAME:$NG_HTTPS"
+HOST_TLS_CLOSE="$NAME:$NG_HTTPS_CLOSE"
+URL_PLAIN="http://$HOST_PLAIN/"
+
+# --- authproxy ----------------------------------------------------------------------------------
+
+cat > "$WORK/authproxy.json" <<EOF
+{
+  "secrets": {"TOKEN": "$SECRET"},
+  "proxy_config": {"rules": [{"name": "bench", "match_hosts": ["$NAME"], "allow_plaintext": true,
+    "headers": [{"name": "Authorization", "type": "workspace_secret", "value": "Bearer {TOKEN}"}]}]},
+  "dns_remap": {"$NAME": "127.0.0.1"},
+  "upstream_ca_file": "$PKI/ca.crt"
+}
+EOF
+chmod 600 "$WORK/authproxy.json" # it holds a secret; the daemon warns about looser modes
+
+AP_PID=
+# start_authproxy: (re)starts the daemon on AP_PORT; sets AP_PID; false when it does not listen.
+start_authproxy() {
+    if [ -n "$AP_PID" ]; then
+        kill "$AP_PID" 2>/dev/null
+        wait "$AP_PID" 2>/dev/null
+    fi
+    "$BIN" serve --config "$WORK/authproxy.json" --state-dir "$WORK/state" \
+        --listen-proxy "127.0.0.1:$AP_PORT" --listen-control "127.0.0.1:$AP_CTL" --workers 2 \
+        --audit-log "$WORK/logs/audit.log" --upstream-dns 127.0.0.1:1 \
+        >> "$WORK/logs/authproxy.out" 2>&1 &
+    AP_PID=$!
+    PIDS+=("$AP_PID")
+    wait_port "$AP_PORT" "$AP_PID"
+}
+
+AP_OK=0
+AP_WHY=
+if [ ! -x "$BIN" ]; then
+    AP_WHY="$BIN not found (run make)"
+elif "$BIN" ca cert --state-dir "$WORK/state" > "$WORK/authproxy-ca.crt" 2>>"$WORK/logs/authproxy.out" &&
+    start_authproxy; then
+    got_plain=$(curl -s --max-time 5 -x "http://127.0.0.1:$AP_PORT" "http://$HOST_PLAIN/check")
+    got_tls=$(curl -s --max-time 5 -x "http://127.0.0.1:$AP_PORT" --cacert "$WORK/authproxy-ca.crt" \
+        "https://$HOST_TLS/check")
+    if [ "$got_plain" = "authorization=Bearer $SECRET" ] && [ "$got_tls" = "authorization=Bearer $SECRET" ]; then
+        AP_OK=1
+    else
+        AP_WHY="injection check failed (plain: '${got_plain:-no answer}', https: '${got_tls:-no answer}')"
+    fi
+else
+    AP_WHY="the daemon did not start: $(tail -3 "$WORK/logs/authproxy.out" | tr '\n' ' ')"
+fi
+[ "$AP_OK" = 1 ] && note "authproxy on 127.0.0.1:$AP_PORT injects the header (checked at the origin)" \
+    || note "authproxy unusable: $AP_WHY"
+
+# --- mitmproxy ----------------------------------------------------------------------------------
+
+MITM_PID=
+MITM_OK=0
+MITM_WHY=
+# start_mitm: (re)starts mitmdump on MITM_PORT with the injecting addon; sets MITM_PID.
+start_mitm() {
+    if [ -n "$MITM_PID" ]; then
+        kill "$MITM_PID" 2>/dev/null
+        wait "$MITM_PID" 2>/dev/null
+    fi
+    BENCH_ORIGIN_NAME=$NAME BENCH_ORIGIN_ADDR=127.0.0.1 BENCH_SECRET=$SECRET \
+        mitmdump --listen-host 127.0.0.1 --listen-port "$MITM_PORT" --set "confdir=$WORK/mitm" \
+        -s "$ROOT/bench/mitm_addon.py" --set "ssl_verify_upstream_trusted_ca=$PKI/ca.crt" \
+        --set termlog_verbosity=warn --set flow_detail=0 >> "$WORK/logs/mitmdump.out" 2>&1 &
+    MITM_PID=$!
+    PIDS+=("$MITM_PID")
+    wait_port "$MITM_PORT" "$MITM_PID"
+}
+if [ "$MITM" = 1 ]; then
+    if ! command -v mitmdump >/dev/null 2>&1; then
+        MITM_WHY="mitmdump not installed (Debian package mitmproxy)"
+    elif start_mitm; then
+        got=$(curl -s --max-time 5 -x "http://127.0.0.1:$MITM_PORT" --cacert "$WORK/mitm/mitmproxy-ca-cert.pem" \
+            "https://$HOST_TLS/check")
+        if [ "$got" = "authorization=Bearer $SECRET" ]; then
+            MITM_OK=1
+        else
+            MITM_WHY="injection check failed: '${got:-no answer}'"
+        fi
+    else
+        MITM_WHY="mitmdump did not start: $(tail -3 "$WORK/logs/mitmdump.out" | tr '\n' ' ')"
+    fi
+    [ "$MITM_OK" = 1 ] && note "mitmdump on 127.0.0.1:$MITM_PORT injects the header" || note "mitmproxy skipped: $MITM_WHY"
+else
+    MITM_WHY="skipped (BENCH_MITM=0)"
+fi
+
+# --- the runs -----------------------------------------------------------------------------------
+# Order: direct first, then each proxy, so nothing a proxy leaves behind (TIME_WAIT, caches in
+# nginx) differs between the sides more than it must.
+
+LOAD_BEFORE=?
+wait_quiet
+note "direct (nginx alone), $CONNS connections, ${DUR}s per run after ${WARM}s warm-up"
+wrk_warm "http://127.0.0.1:$NG_HTTP/" / "$HOST_PLAIN" plain_ka
+measure direct plain_ka - wrk_run "http://127.0.0.1:$NG_HTTP/" / "$HOST_PLAIN" plain_ka
+wrk_warm "https://127.0.0.1:$NG_HTTPS/" / "$HOST_TLS" tls_ka_wrk
+measure direct tls_ka_wrk - wrk_run "https://127.0.0.1:$NG_HTTPS/" / "$HOST_TLS" tls_ka_wrk
+TLS_DIRECT=(--connect "127.0.0.1:$NG_HTTPS" --tls --sni "$NAME" --cafile "$PKI/ca.crt" --host "$HOST_TLS")
+measure direct tls_ka - lg "${TLS_DIRECT[@]}" --label tls_ka
+measure direct tls_new - lg "${TLS_DIRECT[@]}" --new-conn --label tls_new
+measure direct plain_paced - lg --connect "127.0.0.1:$NG_HTTP" --host "$HOST_PLAIN" --rate "$RATE" --label plain_paced
+measure direct tls_paced - lg "${TLS_DIRECT[@]}" --rate "$RATE" --label tls_paced
+
+# proxy_runs SIDE PID PORT CAFILE: the proxied workloads through one proxy.
+proxy_runs() {
+    local side=$1 pid=$2 port=$3 ca=$4
+    local tls=(--connect "127.0.0.1:$port" --tunnel "$HOST_TLS" --tls --sni "$NAME" --cafile "$ca" --host "$HOST_TLS")
+    wrk_warm "http://127.0.0.1:$port/" "$URL_PLAIN" "$HOST_PLAIN" plain_ka
+    measure "$side" plain_ka "$pid" wrk_run "http://127.0.0.1:$port/" "$URL_PLAIN" "$HOST_PLAIN" plain_ka
+    measure "$side" tls_ka "$pid" lg "${tls[@]}" --label tls_ka
+    measure "$side" tls_new "$pid" lg "${tls[@]}" --new-conn --label tls_new
+    measure "$side" tls_new_noreuse "$pid" lg --connect "127.0.0.1:$port" --tunnel "$HOST_TLS_CLOSE" --tls \
+        --sni "$NAME" --cafile "$ca" --host "$HOST_TLS_CLOSE" --new-conn --label tls_new_noreuse
+    if [ "$side" = authproxy ]; then
+        # mitmproxy saturates far below the paced rate, so its paced latency would only
+        # measure its queue; the saturated p99 of the keep-alive runs is on record for it.
+        measure "$side" plain_paced "$pid" lg --connect "127.0.0.1:$port" --target "$URL_PLAIN" \
+            --host "$HOST_PLAIN" --rate "$RATE" --label plain_paced
+        measure "$side" tls_paced "$pid" lg "${tls[@]}" --rate "$RATE" --label tls_paced
+    fi
+}
+
+# idle_run SIDE START_FN PORT CAFILE N: restarts the proxy (fresh heap), warms it with 32
+# connections (leaf certificate minted, pools allocated), then opens N intercepted connections
+# (CONNECT, handshake, one request each), holds them and reads VmRSS before and after.
+idle_run() {
+    local side=$1 start=$2 port=$3 ca=$4 n=$5 pidvar=$6
+    "$start" || { echo "RESULT label=idle failed=1 id=idle side=$side" >> "$RESULTS"; return; }
+    local pid=${!pidvar}
+    local tls=(--connect "127.0.0.1:$port" --tunnel "$HOST_TLS" --tls --sni "$NAME" --cafile "$ca" --host "$HOST_TLS")
+    timeout 60 "$LG" "${tls[@]}" -c 32 -t 1 --idle 32 --hold 0 --label warm >/dev/null 2>>"$WORK/logs/client.err"
+    sleep 1
+    local before after act0 act1 fifo=$WORK/idle.out lgpid line ready=
+    before=$(rss_kib "$pid")
+    act0=$(nginx_active)
+    "$LG" "${tls[@]}" -c 64 -t 1 --idle "$n" --hold 120 --label idle > "$fifo" 2>>"$WORK/logs/client.err" &
+    lgpid=$!
+    for _ in $(seq 900); do
+        if grep -q '^READY' "$fifo"; then ready=1; break; fi
+        kill -0 "$lgpid" 2>/dev/null || break
+        sleep 0.1
+    done
+    sleep 1
+    after=$(rss_kib "$pid")
+    act1=$(nginx_active)
+    kill "$lgpid" 2>/dev/null
+    wait "$lgpid" 2>/dev/null
+    line=$(grep '^RESULT' "$fifo" | tail -1)
+    [ -n "$line" ] && [ -n "$ready" ] || line="RESULT label=idle failed=1"
+    line="$line id=idle side=$side rss_before_kib=$before rss_after_kib=$after upstream_open=$((act1 - act0))"
+    echo "$line" >> "$RESULTS"
+    echo "$line" | awk '{
+        for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+        printf "  %-10s %-14s open %s, RSS %s -> %s KiB, upstream connections held %s\n",
+               v["side"], v["id"], v["open"], v["rss_before_kib"], v["rss_after_kib"], v["upstream_open"] }' >&2
+}
+
+if [ "$AP_OK" = 1 ]; then
+    note "authproxy (--workers 2)"
+    proxy_runs authproxy "$AP_PID" "$AP_PORT" "$WORK/authproxy-ca.crt"
+    idle_run authproxy start_authproxy "$AP_PORT" "$WORK/authproxy-ca.crt" "$IDLE" AP_PID
+fi
+if [ "$MITM_OK" = 1 ]; then
+    note "mitmproxy (mitmdump, one Python process)"
+    proxy_runs mitmproxy "$MITM_PID" "$MITM_PORT" "$WORK/mitm/mitmproxy-ca-cert.pem"
+    idle_run mitmproxy start_mitm "$MITM_PORT" "$WORK/mitm/mitmproxy-ca-cert.pem" "$MITM_IDLE" MITM_PID
+fi
+
+# --- report -------------------------------------------------------------------------------------
+
+{
+    echo "META date=$(date -u +%Y-%m-%dT%H:%MZ) nproc=$(nproc) duration=$DUR warmup=$WARM conns=$CONNS rate=$RATE load_before=$LOAD_BEFORE"
+    echo "META cpu=$(awk -F': ' '/^model name/ {gsub(/ /, "_", $2); print $2; exit}' /proc/cpuinfo)"
+    echo "META kernel=$(uname -r) openssl=$(openssl version | awk '{print $2}') nginx=$(nginx -v 2>&1 | sed 's|.*/||') wrk=$(wrk -v 2>&1 | awk 'NR == 1 {print $2}')"
+    echo "META authproxy=$("$BIN" version 2>/dev/null | head -1 | tr ' ' '_') authproxy_ok=$AP_OK mitmproxy_ok=$MITM_OK mitmproxy=$(mitmdump --version 2>/dev/null | awk '/^Mitmproxy/ {print $2}')"
+    [ "$AP_OK" = 1 ] || echo "META authproxy_why=$(echo "$AP_WHY" | tr ' ' '_')"
+    [ "$MITM_OK" = 1 ] || echo "META mitmproxy_why=$(echo "$MITM_WHY" | tr ' ' '_')"
+} >> "$RESULTS"
+[ -s "$WORK/logs/client.err" ] && note "client stderr (last lines):" && tail -5 "$WORK/logs/client.err" >&2
+cp "$RESULTS" "$OUT/results.txt"
+python3 "$ROOT/bench/report.py" "$RESULTS" | tee "$OUT/results.md"
+note "raw results: build/bench/results.txt, table: build/bench/results.md"
+exit 0
