@@ -28,13 +28,13 @@ struct evbuffer;
 /* Parser results. Negative values are errors whose absolute value is the HTTP status the
  * proxy answers with before closing the connection. */
 enum http1_result {
-    HTTP1_INCOMPLETE = 0,     /* need more bytes; nothing consumed */
-    HTTP1_OK = 1,             /* a complete head was parsed */
-    HTTP1_ERR_BAD = -400,     /* malformed or ambiguous: 400 and close */
+    HTTP1_INCOMPLETE = 0,       /* need more bytes; nothing consumed */
+    HTTP1_OK = 1,               /* a complete head was parsed */
+    HTTP1_ERR_BAD = -400,       /* malformed or ambiguous: 400 and close */
     HTTP1_ERR_TOO_LARGE = -431, /* head larger than the limit, or too many fields: 431 */
     HTTP1_ERR_URI_TOO_LONG = -414,
     HTTP1_ERR_NOT_IMPLEMENTED = -501, /* a transfer coding other than chunked */
-    HTTP1_ERR_VERSION = -505, /* not HTTP/1.0 or HTTP/1.1 */
+    HTTP1_ERR_VERSION = -505,         /* not HTTP/1.0 or HTTP/1.1 */
 };
 
 /* A field as it appeared on the wire; the pointers point into the caller's buffer. The value
@@ -64,13 +64,13 @@ struct http1_request {
     struct http1_header headers[HTTP1_MAX_HEADERS];
 
     /* Derived from the fields above by the parser. */
-    enum http1_body_kind body_kind; /* NONE, LENGTH or CHUNKED for requests */
-    uint64_t content_length;        /* valid when body_kind == HTTP1_BODY_LENGTH */
+    enum http1_body_kind body_kind;  /* NONE, LENGTH or CHUNKED for requests */
+    uint64_t content_length;         /* valid when body_kind == HTTP1_BODY_LENGTH */
     const struct http1_header *host; /* the single Host field, or NULL (allowed in HTTP/1.0) */
-    bool keep_alive;                /* from version and the Connection field */
-    bool expect_continue;           /* Expect: 100-continue */
-    bool upgrade_websocket;         /* Connection: upgrade and Upgrade: websocket */
-    bool is_connect;                /* method CONNECT (target is authority-form) */
+    bool keep_alive;                 /* from version and the Connection field */
+    bool expect_continue;            /* Expect: 100-continue */
+    bool upgrade_websocket;          /* Connection: upgrade and Upgrade: websocket */
+    bool is_connect;                 /* method CONNECT (target is authority-form) */
 };
 
 struct http1_response {
@@ -102,8 +102,7 @@ int http1_parse_request(const char *buf, size_t len, size_t max_head, struct htt
  * otherwise. A response with both Content-Length and Transfer-Encoding is refused (HTTP1_ERR_BAD):
  * the proxy answers 502 rather than relay an ambiguous message. */
 int http1_parse_response(const char *buf, size_t len, size_t max_head, const char *request_method,
-                         size_t request_method_len, struct http1_response *resp,
-                         size_t *head_len);
+                         size_t request_method_len, struct http1_response *resp, size_t *head_len);
 
 /* Finds the first field named name (case-insensitive); NULL if absent. */
 const struct http1_header *http1_find_header(const struct http1_header *headers, size_t n,
@@ -142,10 +141,10 @@ void http1_write_response_head(struct evbuffer *out, const struct http1_response
  * trailer fields. It does not decode: the proxy forwards the chunked bytes verbatim once they
  * are validated, which keeps streaming (SSE) chunk-by-chunk and avoids copies. */
 struct http1_chunked {
-    int state;          /* private */
-    uint64_t remaining; /* private: data bytes left in the current chunk */
-    uint32_t line_len;  /* private: length of the current size/trailer line */
-    uint32_t digits;    /* private */
+    int state;              /* private */
+    uint64_t remaining;     /* private: data bytes left in the current chunk */
+    uint32_t line_len;      /* private: length of the current size/trailer line */
+    uint32_t digits;        /* private */
     uint32_t trailer_bytes; /* private */
 };
 
@@ -179,7 +178,8 @@ struct http1_authority {
 
 /* Parses s[0..len) as an authority. require_port: the ":port" part must be present (CONNECT).
  * Returns 0, or -1 if the text is not an acceptable authority. */
-int http1_parse_authority(const char *s, size_t len, bool require_port, struct http1_authority *out);
+int http1_parse_authority(const char *s, size_t len, bool require_port,
+                          struct http1_authority *out);
 
 enum http1_target_form {
     HTTP1_TARGET_ORIGIN = 1, /* "/path?query" */
@@ -199,8 +199,8 @@ struct http1_target {
 
 /* Splits the target of a request that http1_parse_request accepted (which already validated it
  * the same way). Returns 0, or -1 if the target is not acceptable for the method. */
-int http1_parse_target(const char *method, size_t method_len, const char *target,
-                       size_t target_len, struct http1_target *out);
+int http1_parse_target(const char *method, size_t method_len, const char *target, size_t target_len,
+                       struct http1_target *out);
 
 /* True if the override can be sent: its name is a token, its value has no control characters
  * other than HTAB (so no CR, LF or NUL), and its name is not a framing or connection-management
