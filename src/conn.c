@@ -996,6 +996,20 @@ static void handle_request_head(struct conn *c)
         }
     }
 
+    char host_field[HOST_MAX + 16];
+    if (req->host == NULL) {
+        /* HTTP/1.0 without Host: the request goes upstream as HTTP/1.1, which requires one. */
+        bool v6 = strchr(r->host, ':') != NULL;
+        bool default_port = r->port == (r->upstream_tls ? 443 : 80);
+        if (default_port)
+            snprintf(host_field, sizeof(host_field), v6 ? "[%s]" : "%s", r->host);
+        else
+            snprintf(host_field, sizeof(host_field), v6 ? "[%s]:%u" : "%s:%u", r->host, r->port);
+        ov = xrealloc(ov, (n_ov + 1) * sizeof(*ov));
+        ov[n_ov].name = "Host";
+        ov[n_ov].value = host_field;
+        n_ov++;
+    }
     r->head_out = evbuffer_new();
     if (http1_write_request_head(r->head_out, req, origin, origin_len, ov, n_ov) != 0) {
         free(ov);

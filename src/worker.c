@@ -173,6 +173,11 @@ void worker_join_and_free(struct worker *w)
     while ((c = LIST_FIRST(&w->conns)) != NULL)
         conn_abort(c);
     upstream_pool_flush(w);
+    /* A bufferevent freed while one of its deferred callbacks is queued is released only when
+     * the loop runs that callback: give the loop one last non-blocking turn (the thread is
+     * gone, so this thread may drive the base). */
+    if (w->base)
+        event_base_loop(w->base, EVLOOP_NONBLOCK);
     if (w->proxy_listener)
         evconnlistener_free(w->proxy_listener);
     if (w->wakeup)
