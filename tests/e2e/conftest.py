@@ -219,10 +219,10 @@ class Stack:
                 problems.append("%s: exit status after SIGTERM was %s (want 0 within 10 s)"
                                 % (d.dir, "killed after timeout" if rc is None else rc))
             err = d.stderr_text()
-            for marker in SANITIZER_MARKERS:
-                if marker in err:
-                    problems.append("%s: stderr contains %r:\n%s" % (d.dir, marker, err[-6000:]))
-                    break
+            hits = [err.find(m) for m in SANITIZER_MARKERS if m in err]
+            if hits:
+                start = err.rfind("\n", 0, min(hits)) + 1
+                problems.append("%s: sanitizer report on stderr:\n%s" % (d.dir, err[start:start + 8000]))
         for s in self.servers:
             s.close()
         assert not problems, "\n".join(problems)

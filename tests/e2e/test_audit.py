@@ -67,3 +67,20 @@ def test_every_audit_line_is_json_with_the_documented_fields(stack):
 
     np_ = [r for r in records if r["host"] == "np.example.test"]
     assert [r["decision"] for r in np_] == ["bypassed"], np_
+
+
+def test_request_refused_inside_a_tunnel_is_audited_with_the_tunnel_host(stack):
+    """A malformed request in a CONNECT tunnel is a refusal aimed at a known destination: the
+    audit line must say which (host and port of the tunnel, scheme https)."""
+    origin = stack.tls_origin("api.example.test")
+    d = stack.start()
+    conn, refused = client.tunnel(d.port, "api.example.test", stack.ca)
+    assert refused is None, refused
+    conn.send(b"GET / HTTP/1.1\r\nHost: api.example.test\r\nX-Bad : 1\r\n\r\n")
+    assert conn.read_response().status == 400
+    conn.close()
+    recs = d.wait_audit(lambda r: r.get("status") == 400)
+    assert recs, d.audit_text()
+    assert (recs[0]["host"], recs[0]["port"], recs[0]["scheme"], recs[0]["decision"]) == \
+        ("api.example.test", 443, "https", "denied"), recs[0]
+    assert origin.bytes_received == 0

@@ -166,3 +166,37 @@ def test_plain_http_without_a_matching_rule_is_forwarded_unchanged(stack):
     [req] = origin.snapshot()
     assert req.target == "/free?q=1"
     assert req.values("X-Mine") == ["kept"] and req.values("Authorization") == []
+
+
+def test_connection_header_cannot_strip_the_injected_credential(stack):
+    """Fields named in Connection are hop-by-hop and removed, but the injected header is added
+    after that: the sandbox cannot make the proxy drop or duplicate the credential."""
+    origin = stack.tls_origin("api.example.test")
+    key = stack.secret()
+    d = stack.start({"rules": [api_rule()]}, secrets={"TEST_API_KEY": key})
+    resp = client.https_request(d.port, "api.example.test", stack.ca, "/",
+                                headers=[("Connection", "keep-alive, Authorization, X-Hop"),
+                                         ("Authorization", "Bearer sandbox-fake"), ("X-Hop", "1")])
+    assert resp.status == 200, resp
+    [req] = origin.snapshot()
+    assert req.values("Authorization") == ["Bearer " + key]
+    assert req.values("X-Hop") == []
+
+
+def test_proxy_authorization_is_not_forwarded_upstream(stack):
+    origin = stack.plain_origin("plain.example.test")
+    d = stack.start()
+    resp = client.http_request(d.port, "http://plain.example.test/", "plain.example.test",
+                               headers=[("Proxy-Authorization", "Basic c2FuZGJveDp0b2tlbg==")])
+    assert resp.status == 200, resp
+    [req] = origin.snapshot()
+    assert req.values("Proxy-Authorization") == []
+
+
+def test_host_matching_is_case_insensitive(stack):
+    origin = stack.tls_origin("api.example.test")
+    key = stack.secret()
+    d = stack.start({"rules": [api_rule(["API.Example.Test"])]}, secrets={"TEST_API_KEY": key})
+    resp = client.https_request(d.port, "Api.EXAMPLE.test", stack.ca, "/")
+    assert resp.status == 200, resp
+    assert origin.snapshot()[0].values("Authorization") == ["Bearer " + key]

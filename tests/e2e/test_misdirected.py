@@ -70,3 +70,15 @@ def test_absolute_uri_authority_differing_from_host_gets_421(stack):
     assert resp.status == 421, resp
     assert resp.text.startswith("misdirected request"), resp
     assert origin.bytes_received == 0
+
+
+def test_absolute_form_inside_a_tunnel_naming_another_host_gets_421(stack):
+    origin = stack.tls_origin("api.example.test", "other.example.test")
+    d = stack.start({"rules": [wildcard_rule()]}, secrets={"K": stack.secret()})
+    conn, refused = client.tunnel(d.port, "api.example.test", stack.ca)
+    assert refused is None, refused
+    conn.send(client.request_bytes("GET", "https://other.example.test/", "api.example.test"))
+    resp = conn.read_response()
+    conn.close()
+    assert resp.status == 421 and resp.text.startswith("misdirected request"), resp
+    assert origin.bytes_received == 0

@@ -101,6 +101,12 @@ def test_sighup_swaps_the_credential_under_load_without_failing_requests(stack):
     assert not any(t.is_alive() for t in threads), "load threads hung"
     assert v2_arrived, "v2 never arrived after the last SIGHUP"
 
+    counts = {}
+    for tag in tags:
+        v = auth_of(origin, tag)
+        counts[repr(v and v[0][:9])] = counts.get(repr(v and v[0][:9]), 0) + 1
+    print("load: %d requests during the reloads %r, %d after; %d upstream connections"
+          % (len(tags), counts, len(after), origin.accepts))
     assert failures == [], failures[:10]
     assert len(tags) >= THREADS * 3, "too little load to mean anything: %d requests" % len(tags)
     seen = set()

@@ -59,3 +59,19 @@ def test_upstream_certificate_for_another_name_gets_502(stack):
     assert resp.status == 502, resp
     assert resp.text.startswith("upstream TLS verification failed"), resp
     assert origin.snapshot() == []
+
+
+def test_ambiguous_upstream_response_is_not_relayed(stack):
+    """A response with both Content-Length and Transfer-Encoding could desynchronise the client
+    connection; the proxy answers 502 instead of relaying it (http1.h)."""
+    origin = stack.tls_origin("api.example.test")
+
+    def ambiguous(o, conn, req, keep):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled")
+        return False
+    origin.route("/ambiguous", ambiguous)
+    d = stack.start()
+    resp = client.https_request(d.port, "api.example.test", stack.ca, "/ambiguous")
+    assert resp.status == 502, resp
+    assert b"smuggled" not in resp.received
