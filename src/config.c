@@ -6,6 +6,7 @@
  * the compiled policy, and every copy this module made (the file text, the JSON strings, the
  * secret table) is zeroed before it is freed. */
 #include "config.h"
+#include "secret_set.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -19,20 +20,6 @@
 #define CONFIG_MIN_HEADER_BYTES  1024
 #define CONFIG_MAX_HEADER_BYTES  1048576
 #define CONFIG_MAX_TIMEOUT_MS    86400000 /* one day: anything longer is a typo */
-#define CONFIG_DEFAULT_HOSTS_MAX 4
-
-/* One entry of "secrets", kept only while the policy is compiled. */
-struct config_secret {
-    char *name;
-    char *value; /* secret material: secret_free() */
-    struct host_pattern *hosts;
-    size_t n_hosts; /* 0: unrestricted */
-};
-
-struct config_secrets {
-    struct config_secret *v;
-    size_t n;
-};
 
 void config_limits_default(struct config_limits *l)
 {
@@ -42,154 +29,51 @@ void config_limits_default(struct config_limits *l)
     l->connect_timeout_ms = 10000;
 }
 
-/* secret_source.get over the file's secrets. */
-static const char *config_secret_get(void *ctx, const char *key, const struct host_pattern **hosts,
-                                     size_t *n_hosts)
-{
-    const struct config_secrets *s = ctx;
-    for (size_t i = 0; i < s->n; i++)
-        if (s->v[i].name != NULL && strcmp(s->v[i].name, key) == 0) {
-            *hosts = s->v[i].hosts;
-            *n_hosts = s->v[i].n_hosts;
-            return s->v[i].value;
-        }
-    return NULL;
-}
-
-static void config_secrets_free(struct config_secrets *s)
-{
-    for (size_t i = 0; i < s->n; i++) {
-        free(s->v[i].name);
-        secret_free(s->v[i].value);
-        for (size_t j = 0; j < s->v[i].n_hosts; j++)
-            host_pattern_free(&s->v[i].hosts[j]);
-        free(s->v[i].hosts);
-    }
-    free(s->v);
-    s->v = NULL;
-    s->n = 0;
-}
-
-/* Compiles a secret's "configs" ([{"host": "..."}]) into its host binding. On a problem the
- * binding is left empty, so the policy does not report the same problem again as a binding
- * violation (the config fails anyway). */
-static void config_secret_binding(const json_t *configs, const char *path,
-                                  struct config_secret *out, struct errlist *errs)
-{
-    static const char *const keys[] = {"host", NULL};
-    char q[80];
-    if (!json_is_array(configs) || json_array_size(configs) == 0) {
-        errlist_add(errs,
-                    "%s: expected a non-empty array of {\"host\": \"...\"} (use [{\"host\": "
-                    "\"*\"}] for no restriction), found %s",
-                    path, json_is_array(configs) ? "an empty array" : policy_json_kind(configs));
-        return;
-    }
-    size_t errs_before = errs->n;
-    out->n_hosts = json_array_size(configs);
-    out->hosts = xcalloc(out->n_hosts, sizeof(*out->hosts));
-    for (size_t i = 0; i < out->n_hosts; i++) {
-        const json_t *item = json_array_get(configs, i);
-        const json_t *host = json_object_get(item, "host");
-        const char *why;
-        char *ip = xasprintf("%s[%zu]", path, i);
-        if (!json_is_object(item)) {
-            errlist_add(errs, "%s: expected an object {\"host\": \"...\"}, found %s", ip,
-                        policy_json_kind(item));
-        } else if (policy_check_keys(item, ip, keys, errs) && !json_is_string(host)) {
-            errlist_add(errs, "%s.host: expected a host pattern string, found %s", ip,
-                        policy_json_kind(host));
-        } else if (json_is_string(host) &&
-                   host_pattern_compile(json_string_value(host), &out->hosts[i], &why) == -1) {
-            errlist_add(errs, "%s.host: invalid host pattern %s: %s", ip,
-                        policy_quote(json_string_value(host), q, sizeof(q)), why);
-        }
-        free(ip);
-    }
-    if (errs->n != errs_before) {
-        for (size_t i = 0; i < out->n_hosts; i++)
-            host_pattern_free(&out->hosts[i]);
-        free(out->hosts);
-        out->hosts = NULL;
-        out->n_hosts = 0;
-    }
-}
-
 /* Parses "secrets": name -> "value" | {"value": "...", "configs": [{"host": "..."}]}. A secret
  * without configs gets the well-known default binding (SPEC §6). No message names a value. A
  * secret whose value is unusable still answers with an empty value, so rules using it are not
  * also reported as naming an unknown secret. */
-static void config_secrets_parse(const json_t *obj, struct config_secrets *out,
-                                 struct errlist *errs)
+static void config_secrets_parse(const json_t *obj, struct secret_set *out, struct errlist *errs)
 {
     static const char *const keys[] = {"value", "configs", NULL};
     const char *key;
     json_t *v;
-    size_t i = 0;
     if (!json_is_object(obj)) {
         errlist_add(errs, "secrets: expected an object of secret name to value, found %s",
                     policy_json_kind(obj));
         return;
     }
-    out->n = json_object_size(obj);
-    out->v = xcalloc(out->n, sizeof(*out->v));
     json_object_foreach((json_t *)obj, key, v)
     {
-        struct config_secret *s = &out->v[i++];
         char *path = policy_path_key("secrets", key);
-        s->name = xstrdup(key);
         const json_t *value = v;
         const json_t *configs = NULL;
-        if (!policy_valid_secret_name(key)) {
-            free(s->name);
-            s->name = NULL;
-            errlist_add(errs,
-                        "%s: invalid secret name: letters, digits and '_', not starting with a "
-                        "digit",
-                        path);
-            goto next;
-        }
         if (json_is_object(v)) {
             policy_check_keys(v, path, keys, errs);
             value = json_object_get(v, "value");
             configs = json_object_get(v, "configs");
             if (value == NULL) {
                 errlist_add(errs, "%s.value: required: the secret's value", path);
-                goto next;
-            }
-            if (!json_is_string(value)) {
+                value = NULL;
+            } else if (!json_is_string(value)) {
                 errlist_add(errs, "%s.value: expected a string, found %s", path,
                             policy_json_kind(value));
-                goto next;
+                value = NULL;
             }
         } else if (!json_is_string(v)) {
             errlist_add(errs,
                         "%s: expected a string or an object {\"value\", \"configs\"}, found %s",
                         path, policy_json_kind(v));
-            goto next;
+            value = NULL;
         }
-        if (json_string_length(value) == 0 ||
-            strlen(json_string_value(value)) != json_string_length(value)) {
+        if (value != NULL && (json_string_length(value) == 0 ||
+                              strlen(json_string_value(value)) != json_string_length(value))) {
             errlist_add(errs, "%s: the value is empty or contains a NUL character", path);
-            goto next;
+            value = NULL;
         }
-        s->value = xstrdup(json_string_value(value));
-        if (configs != NULL && !json_is_null(configs)) {
-            char *cp = xasprintf("%s.configs", path);
-            config_secret_binding(configs, cp, s, errs);
-            free(cp);
-        } else {
-            const char *def[CONFIG_DEFAULT_HOSTS_MAX];
-            const char *why;
-            s->n_hosts = policy_default_secret_hosts(key, def, ARRAY_LEN(def));
-            s->hosts = xcalloc(s->n_hosts, sizeof(*s->hosts));
-            for (size_t j = 0; j < s->n_hosts; j++)
-                if (host_pattern_compile(def[j], &s->hosts[j], &why) == -1)
-                    abort(); /* the built-in table is valid */
-        }
-    next:
-        if (s->value == NULL && s->name != NULL)
-            s->value = xstrdup("");
+        if (configs != NULL && json_is_null(configs))
+            configs = NULL;
+        secret_set_add(out, key, value ? json_string_value(value) : NULL, configs, path, errs);
         free(path);
     }
 }
@@ -301,8 +185,8 @@ static struct config *config_parse_internal(const char *text, size_t len, const 
     static const char *const keys[] = {"secrets",          "proxy_config", "dns_remap",
                                        "upstream_ca_file", "limits",       NULL};
     struct errlist local = {0};
-    struct config_secrets secrets = {0};
-    struct secret_source src = {config_secret_get, &secrets};
+    struct secret_set *secrets = secret_set_new();
+    struct secret_source src = secret_set_source(secrets);
     struct config *c = xcalloc(1, sizeof(*c));
     json_error_t jerr;
     const json_t *v;
@@ -326,7 +210,7 @@ static struct config *config_parse_internal(const char *text, size_t len, const 
     v = json_object_get(root, "secrets");
     if (v != NULL && !json_is_null(v)) {
         *holds_secrets = json_object_size(v) > 0;
-        config_secrets_parse(v, &secrets, &local);
+        config_secrets_parse(v, secrets, &local);
     }
     c->policy = policy_compile(json_object_get(root, "proxy_config"), &src, "proxy_config", version,
                                &local);
@@ -359,7 +243,7 @@ out:
         c = NULL;
     }
     errlist_free(&local);
-    config_secrets_free(&secrets);
+    secret_set_free(secrets);
     /* The tree held the secrets and any opaque header values. */
     policy_json_zero_strings(root);
     json_decref(root);
