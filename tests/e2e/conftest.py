@@ -5,7 +5,8 @@ every test gets for free at teardown:
   * each daemon exits with status 0 within 10 s of SIGTERM, and its stderr has no sanitizer
     report (the suite also runs against build/asan/authproxy);
   * no secret value used anywhere in the session appears in any daemon's audit log, stderr
-    or stdout.
+    or stdout, and every audit line is a JSON object with the SPEC §7 fields whose
+    injected_headers are header names only.
 
 Run:  AUTHPROXY_BIN=build/authproxy /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/e2e
 """
@@ -103,20 +104,55 @@ def git_repo(tmp_path_factory):
 
 # -- per-test checks ---------------------------------------------------------------------------
 
+AUDIT_FIELDS = {"ts", "sandbox", "workspace", "client", "method", "scheme", "host", "port", "path",
+                "decision", "decided_by", "injected_headers", "status", "upstream_status",
+                "bytes_in", "bytes_out", "duration_ms", "error", "policy_version"}
+HEADER_NAME_CHARS = set("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
+                        "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def audit_line_problems(line):
+    """What is wrong with one audit line (SPEC §7), as a list of strings."""
+    import json
+    try:
+        rec = json.loads(line)
+    except ValueError as e:
+        return ["not JSON (%s): %r" % (e, line[:300])]
+    if not isinstance(rec, dict):
+        return ["not a JSON object: %r" % line[:300]]
+    problems = []
+    missing = AUDIT_FIELDS - set(rec)
+    if missing:
+        problems.append("missing %s: %r" % (sorted(missing), line[:300]))
+    if rec.get("decision") not in ("allowed", "denied", "bypassed", "error"):
+        problems.append("decision %r: %r" % (rec.get("decision"), line[:300]))
+    names = rec.get("injected_headers")
+    if not isinstance(names, list) or not all(
+            isinstance(n, str) and n and set(n) <= HEADER_NAME_CHARS for n in names):
+        problems.append("injected_headers must list header names only: %r" % (names,))
+    return problems
+
+
 @pytest.fixture(autouse=True)
 def _no_secret_leaks():
-    """Collects the daemons a test starts; after they are stopped (this fixture is torn down
-    last) asserts that no secret value of the session appears in their logs."""
+    """Collects the daemons a test starts. After they are stopped (this fixture is torn down
+    last) asserts that no secret value of the session appears in their logs and that every
+    audit line they wrote is a JSON object with the SPEC §7 fields."""
     daemons = []
     yield daemons
-    leaks = []
+    problems = []
     for d in daemons:
         for label, text in (("audit log", d.audit_text()), ("stderr", d.stderr_text()),
                             ("stdout", _read(d.stdout_path))):
             for s in sorted(SESSION_SECRETS):
                 if s in text:
-                    leaks.append("secret %s... found in %s of %s" % (s[:10], label, d.dir))
-    assert not leaks, "\n".join(leaks)
+                    problems.append("secret %s... found in %s of %s" % (s[:10], label, d.dir))
+        text = d.audit_text()
+        if text and not text.endswith("\n"):
+            problems.append("%s: audit log does not end with a complete line" % d.dir)
+        for i, line in enumerate(text.splitlines()):
+            problems += ["%s: audit line %d: %s" % (d.dir, i + 1, p) for p in audit_line_problems(line)]
+    assert not problems, "\n".join(problems[:20])
 
 
 def _read(path):

@@ -87,3 +87,23 @@ def test_no_proxy_host_is_tunnelled_without_tls_termination(stack, pki):
     recs = d.wait_audit(lambda a: a.get("host") == "np.example.test")
     assert recs and recs[0]["decision"] == "bypassed", recs
 
+
+
+def test_deny_list_is_not_bypassed_by_case_or_a_trailing_dot(stack, dns):
+    """deny.example.test. (fully qualified) and DeNy.Example.TEST name the same host. The name
+    resolves (through the test DNS server) to the origin, so a proxy that compared names
+    literally would connect; it must refuse instead."""
+    origin = stack.tls_origin()
+    dns.add_a("deny.example.test", "127.0.0.1")
+    try:
+        d = stack.start({"access_control": {"deny_list": ["deny.example.test"]}})
+        for name in ("DeNy.Example.TEST", "deny.example.test.", "DENY.EXAMPLE.TEST."):
+            s, resp = client.connect(d.port, "%s:%d" % (name, origin.port))
+            s.close()
+            assert 400 <= resp.status < 500, (name, resp)
+            r = client.http_request(d.port, "http://%s:%d/" % (name, origin.port),
+                                    "%s:%d" % (name, origin.port))
+            assert 400 <= r.status < 500, (name, r)
+    finally:
+        dns.remove("deny.example.test")
+    assert origin.accepts == 0

@@ -6,7 +6,7 @@ import subprocess
 
 from cryptography import x509
 
-from helpers.daemon import sanitizer_env
+from helpers.daemon import free_port, sanitizer_env
 
 
 def run(binary, *args, timeout=20):
@@ -89,3 +89,15 @@ def test_ca_cert_prints_a_ca_certificate_and_keeps_the_key_private(stack):
     assert stat.S_IMODE(os.stat(key_path).st_mode) == 0o600
     # Stable across calls: sandboxes keep trusting the same CA.
     assert run(stack.binary, "ca", "cert", "--state-dir", d.state_dir).stdout == p.stdout
+
+
+def test_serve_refuses_to_start_with_an_invalid_config(authproxy_bin, tmp_path, dns):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"proxy_config": {"rules": [{"name": "x", "match_hosts": 5}]}}))
+    port = free_port()
+    p = subprocess.run([authproxy_bin, "serve", "--config", str(path), "--state-dir",
+                        str(tmp_path / "state"), "--listen-proxy", "127.0.0.1:%d" % port,
+                        "--audit-log", str(tmp_path / "audit.jsonl"), "--upstream-dns", dns.addr],
+                       capture_output=True, text=True, timeout=20, env=sanitizer_env())
+    assert p.returncode != 0
+    assert str(path) in p.stderr and "match_hosts" in p.stderr, p.stderr
