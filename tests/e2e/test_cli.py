@@ -101,3 +101,47 @@ def test_serve_refuses_to_start_with_an_invalid_config(authproxy_bin, tmp_path, 
                        capture_output=True, text=True, timeout=20, env=sanitizer_env())
     assert p.returncode != 0
     assert str(path) in p.stderr and "match_hosts" in p.stderr, p.stderr
+
+
+def _check(binary, tmp_path, cfg, name="cfg.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(cfg))
+    p = run(binary, "config", "check", str(path))
+    return p.returncode, p.stdout + p.stderr
+
+
+def _rule(hosts, template):
+    return {"name": "r", "match_hosts": hosts,
+            "headers": [{"name": "Authorization", "type": "workspace_secret", "value": template}]}
+
+
+def test_config_check_names_an_unknown_secret(authproxy_bin, tmp_path):
+    rc, out = _check(authproxy_bin, tmp_path, {"proxy_config": {"rules": [
+        _rule(["api.example.test"], "Bearer {NO_SUCH_KEY}")]}})
+    assert rc == 1 and "NO_SUCH_KEY" in out, out
+
+
+def test_secret_bound_to_hosts_cannot_be_sent_elsewhere(authproxy_bin, tmp_path):
+    """SPEC §2: a secret bound to hosts may only be used by a rule whose every match_hosts
+    pattern lies within them."""
+    bound = {"value": "sk-bound-e2e", "configs": [{"host": "api.example.test"}]}
+    rc, out = _check(authproxy_bin, tmp_path, {"secrets": {"KEY": bound}, "proxy_config": {"rules": [
+        _rule(["api.example.test", "evil.example.test"], "Bearer {KEY}")]}})
+    assert rc == 1 and "evil.example.test" in out, out
+    assert "sk-bound-e2e" not in out
+    rc, out = _check(authproxy_bin, tmp_path, {"secrets": {"KEY": bound}, "proxy_config": {"rules": [
+        _rule(["api.example.test"], "Bearer {KEY}")]}}, "ok.json")
+    assert rc == 0, out
+
+
+def test_well_known_provider_key_defaults_to_its_provider_host(authproxy_bin, tmp_path):
+    rc, out = _check(authproxy_bin, tmp_path, {"secrets": {"OPENAI_API_KEY": "sk-wk-e2e"},
+                                               "proxy_config": {"rules": [
+                                                   _rule(["api.example.test"], "Bearer {OPENAI_API_KEY}")]}})
+    assert rc == 1 and "OPENAI_API_KEY" in out, out
+    assert "sk-wk-e2e" not in out
+    rc, out = _check(authproxy_bin, tmp_path, {"secrets": {"OPENAI_API_KEY": "sk-wk-e2e"},
+                                               "proxy_config": {"rules": [
+                                                   _rule(["api.openai.com"], "Bearer {OPENAI_API_KEY}")]}},
+                     "ok.json")
+    assert rc == 0, out

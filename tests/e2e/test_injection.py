@@ -200,3 +200,31 @@ def test_host_matching_is_case_insensitive(stack):
     resp = client.https_request(d.port, "Api.EXAMPLE.test", stack.ca, "/")
     assert resp.status == 200, resp
     assert origin.snapshot()[0].values("Authorization") == ["Bearer " + key]
+
+
+def test_legacy_inject_headers_rule_injects(stack):
+    """SPEC §2: the legacy template format `"inject_headers": {"Authorization": "Bearer ${KEY}"}`."""
+    origin = stack.tls_origin("api.example.test")
+    key = stack.secret()
+    rule = {"name": "legacy", "match_hosts": ["api.example.test"],
+            "inject_headers": {"Authorization": "Bearer ${TEST_API_KEY}", "X-Static": "plain"}}
+    d = stack.start({"rules": [rule]}, secrets={"TEST_API_KEY": key})
+    resp = client.https_request(d.port, "api.example.test", stack.ca, "/")
+    assert resp.status == 200, resp
+    [req] = origin.snapshot()
+    assert req.values("Authorization") == ["Bearer " + key]
+    assert req.values("X-Static") == ["plain"]
+
+
+def test_http10_client_without_host_is_served(stack):
+    origin = stack.plain_origin("plain.example.test")
+    d = stack.start()
+    conn = client.Conn(client.proxy_socket(d.port))
+    conn.send(b"GET http://plain.example.test/old HTTP/1.0\r\nUser-Agent: ancient\r\n\r\n")
+    resp = conn.read_response()
+    closed = conn.closed_within(3.0)
+    conn.close()
+    assert resp.status == 200 and resp.body == b"ok from plain.example.test\n", resp
+    assert closed, "an HTTP/1.0 request without keep-alive must end with the connection closed"
+    [req] = origin.snapshot()
+    assert req.path == "/old" and req.values("Host") == ["plain.example.test"]

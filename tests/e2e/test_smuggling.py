@@ -51,6 +51,17 @@ CASES = {
     "chunk_size_overflow": (lambda t, h: _head("POST", t, h) +
         "Transfer-Encoding: chunked\r\n\r\n" + "f" * 17 + "\r\nhello\r\n0\r\n\r\n" + SMUGGLED.format(host=h),
         "body"),
+    "two_host_headers": (lambda t, h: _head("GET", t, h) + "Host: other.example.test\r\n\r\n", "head"),
+    "missing_host_in_http11": (lambda t, h: "GET %s HTTP/1.1\r\nX-A: 1\r\n\r\n" % t, "head"),
+    "content_length_not_a_number": (lambda t, h: _head("POST", t, h) +
+        "Content-Length: 5a\r\n\r\nhello" + SMUGGLED.format(host=h), "head"),
+    "negative_content_length": (lambda t, h: _head("POST", t, h) +
+        "Content-Length: -1\r\n\r\n" + SMUGGLED.format(host=h), "head"),
+    "extra_token_in_request_line": (lambda t, h: "GET %s HTTP/1.1 junk\r\nHost: %s\r\n\r\n" % (t, h),
+                                    "head"),
+    "invalid_char_in_header_name": (lambda t, h: _head("GET", t, h) + "X(Bad): 1\r\n\r\n", "head"),
+    "chunk_data_without_crlf": (lambda t, h: _head("POST", t, h) +
+        "Transfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n" + SMUGGLED.format(host=h), "body"),
 }
 
 LIMITS = {"header_timeout_ms": 2000, "max_header_bytes": 8192}
@@ -116,6 +127,31 @@ def test_header_block_over_max_header_bytes_gets_431(target):
     finally:
         conn.close()
     assert resp.status == 431, resp
+    assert origin.bytes_received == 0
+
+
+def test_too_many_header_fields_gets_431(target):
+    origin, open_conn, url, host = target
+    conn = open_conn()
+    conn.send((_head("GET", url, host) + "".join("X-F%d: v\r\n" % i for i in range(150)) +
+               "\r\n").encode())
+    try:
+        resp = conn.read_response()
+    finally:
+        conn.close()
+    assert resp.status == 431, resp
+    assert origin.bytes_received == 0
+
+
+def test_request_target_longer_than_the_head_limit_is_refused(target):
+    origin, open_conn, url, host = target
+    conn = open_conn()
+    conn.send(_head("GET", url + "a" * 20000, host).encode() + b"\r\n")
+    try:
+        resp = conn.read_response()
+    finally:
+        conn.close()
+    assert resp.status in (414, 431), resp
     assert origin.bytes_received == 0
 
 
