@@ -28,12 +28,15 @@
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
+#include <openssl/evp.h>
+#include <openssl/sha.h>
 
 #include "audit.h"
 #include "glob.h"
 #include "http1.h"
 #include "log.h"
 #include "policy.h"
+#include "registry.h"
 #include "tls_mitm.h"
 #include "upstream.h"
 #include "util.h"
@@ -58,6 +61,7 @@ enum conn_state {
  * exchange ends. Everything the audit record needs is kept here. */
 struct request {
     struct snapshot *snap; /* reference: the one policy version this request sees */
+    const struct registry_box *box; /* the sandbox it is served for (borrowed from snap), or NULL */
     uint64_t start_us;
     char method[32];
     const char *scheme; /* "http" or "https" */
@@ -113,6 +117,11 @@ struct conn {
     struct upstream_connect *connecting;
     uint64_t tunnel_start_us; /* no_proxy tunnels: for the audit record */
     uint64_t tunnel_in, tunnel_out;
+    /* Explicit-proxy identity (Proxy-Authorization), per CONNECT tunnel or per plain request. */
+    bool has_identity;
+    uint8_t token_hash[REGISTRY_HASH_LEN];
+    char *tunnel_sandbox;   /* for tunnel audit lines: sandbox name and workspace, owned */
+    char *tunnel_workspace;
 };
 
 static void conn_close(struct conn *c);
@@ -129,6 +138,8 @@ static void process_client_input(struct conn *c);
 static void request_audit(struct conn *c, struct request *r)
 {
     struct audit_record rec = {
+        .sandbox = r->box ? r->box->name : NULL,
+        .workspace = r->box ? r->box->workspace_id : NULL,
         .client = c->peer,
         .method = r->method,
         .scheme = r->scheme,
@@ -148,6 +159,9 @@ static void request_audit(struct conn *c, struct request *r)
         .policy_version = r->snap ? r->snap->version : 0,
     };
     audit_write(c->w->shared->audit, &rec);
+    metrics_record_request(&c->w->metrics, rec.decision, r->n_injected ? r->decided_by : NULL,
+                           r->n_injected, rec.duration_us,
+                           r->status == 502 || r->status == 504);
 }
 
 /* Ends the current request: writes its audit line and frees it. */
@@ -170,6 +184,8 @@ static void tunnel_audit(struct conn *c, const char *decision, const char *decid
                          const char *error, int status)
 {
     struct audit_record rec = {
+        .sandbox = c->tunnel_sandbox,
+        .workspace = c->tunnel_workspace,
         .client = c->peer,
         .method = "CONNECT",
         .scheme = "tunnel",
@@ -185,6 +201,7 @@ static void tunnel_audit(struct conn *c, const char *decision, const char *decid
         .policy_version = c->w->current ? c->w->current->version : 0,
     };
     audit_write(c->w->shared->audit, &rec);
+    metrics_record_request(&c->w->metrics, decision, NULL, 0, rec.duration_us, status == 502);
 }
 
 /* The single teardown path: every error and every normal end of a connection comes here. */
@@ -212,6 +229,9 @@ static void conn_close(struct conn *c)
         bufferevent_free(c->client); /* a TLS/plain bufferevent made after CONNECT owns the fd */
     if (c->fd != -1)
         close(c->fd); /* the first bufferevent does not own it (see conn_accept_explicit) */
+    free(c->tunnel_sandbox);
+    free(c->tunnel_workspace);
+    metrics_connection_delta(&c->w->metrics, -1);
     LIST_REMOVE(c, link);
     c->w->n_conns--;
     if (c->w->draining && c->w->n_conns == 0)
@@ -244,8 +264,10 @@ static void respond_and_close(struct conn *c, int status, const char *body)
     size_t body_len = strlen(body);
     evbuffer_add_printf(out,
                         "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                        "Content-Length: %zu\r\nConnection: close\r\n\r\n%s\n",
-                        status, http1_reason_phrase(status), body_len + 1, body);
+                        "Content-Length: %zu\r\n%sConnection: close\r\n\r\n%s\n",
+                        status, http1_reason_phrase(status), body_len + 1,
+                        status == 407 ? "Proxy-Authenticate: Basic realm=\"authproxy\"\r\n" : "",
+                        body);
     if (c->req) {
         c->req->status = status;
         c->req->bytes_out += evbuffer_get_length(out);
@@ -448,6 +470,17 @@ static void on_upstream_connected(struct upstream *u, enum upstream_error err, c
 {
     struct conn *c = arg;
     c->connecting = NULL;
+    if (err == UPSTREAM_ERR_FORBIDDEN) {
+        const char *body = "denied: the destination is authproxy itself";
+        if (c->state == CONN_TUNNEL_CONNECTING) {
+            tunnel_audit(c, "denied", "self", body, 403);
+            c->tunnel_start_us = 0;
+            respond_and_close(c, 403, body);
+        } else {
+            refuse(c, 403, "denied", "self", body);
+        }
+        return;
+    }
     if (err != UPSTREAM_OK) {
         static const char *const bodies[] = {
             [UPSTREAM_ERR_DNS] = "upstream DNS resolution failed",
@@ -731,6 +764,80 @@ static bool host_header_agrees(const struct http1_request *req, const char *host
     return strcmp(h, host) == 0 && p == port;
 }
 
+/* Reads the explicit-proxy identity from Proxy-Authorization: Basic base64(name:token). Only
+ * the token identifies the sandbox (the name is for humans and logs). A present but malformed
+ * header still counts as an identity, one that matches no sandbox (407), never as anonymous. */
+static void read_identity(struct conn *c, const struct http1_request *req)
+{
+    const struct http1_header *h =
+        http1_find_header(req->headers, req->n_headers, "Proxy-Authorization");
+    c->has_identity = h != NULL;
+    memset(c->token_hash, 0, sizeof(c->token_hash));
+    if (h == NULL)
+        return;
+    const char *v = h->value;
+    size_t len = h->value_len;
+    if (len < 7 || !ascii_case_eq(v, 6, "Basic ", 6))
+        return;
+    v += 6;
+    len -= 6;
+    while (len > 0 && *v == ' ') {
+        v++;
+        len--;
+    }
+    if (len == 0 || len > 1024 || len % 4 != 0)
+        return;
+    unsigned char decoded[1024];
+    int n = EVP_DecodeBlock(decoded, (const unsigned char *)v, (int)len);
+    if (n <= 0)
+        return;
+    while (n > 0 && len > 0 && v[len - 1] == '=') { /* DecodeBlock counts padding as zeros */
+        n--;
+        len--;
+    }
+    unsigned char *colon = memchr(decoded, ':', (size_t)n);
+    if (colon != NULL) {
+        size_t tlen = (size_t)n - (size_t)(colon + 1 - decoded);
+        SHA256(colon + 1, tlen, c->token_hash);
+    }
+    secure_zero(decoded, sizeof(decoded));
+}
+
+/* The policy that governs this connection's requests under snapshot snap: the sandbox's, when
+ * the client presents a sandbox credential, else the config file's (given --config). NULL when there is none; then *status
+ * and *why say how to refuse (407: unknown or missing credential; 403: the sandbox's policy
+ * cannot be applied). *box gets the sandbox, if any. */
+static const struct policy *select_policy(const struct conn *c, const struct snapshot *snap,
+                                          const struct registry_box **box, int *status,
+                                          const char **why)
+{
+    *box = NULL;
+    if (c->has_identity) {
+        *box = registry_find(snap->registry, c->token_hash);
+        if (*box == NULL && snap->base->from_file) {
+            /* Not a sandbox credential (a client whose proxy URL carries its own user:pass):
+             * it gets what any anonymous client gets, no more. */
+            return snap->config->policy;
+        }
+        if (*box == NULL) {
+            *status = 407;
+            *why = "proxy authentication required: unknown sandbox credential";
+            return NULL;
+        }
+        if ((*box)->policy == NULL) {
+            *status = 403;
+            *why = "denied: the sandbox's proxy_config cannot be applied (see the daemon log)";
+            return NULL;
+        }
+        return (*box)->policy;
+    }
+    if (snap->base->from_file)
+        return snap->config->policy;
+    *status = 407;
+    *why = "proxy authentication required: use the sandbox's proxy credential";
+    return NULL;
+}
+
 static struct request *request_new(struct conn *c)
 {
     struct request *r = xcalloc(1, sizeof(*r));
@@ -752,8 +859,24 @@ static void handle_connect(struct conn *c, const struct http1_request *req, size
         return;
     }
     evbuffer_drain(in, head_len);
+    read_identity(c, req);
+    const struct registry_box *box;
+    int refuse_status = 0;
+    const char *why = NULL;
+    const struct policy *pol = select_policy(c, c->w->current, &box, &refuse_status, &why);
+    if (box != NULL) {
+        c->tunnel_sandbox = xstrdup(box->name);
+        c->tunnel_workspace = xstrdup(box->workspace_id);
+    }
+    if (pol == NULL) {
+        tunnel_audit(c, "denied", refuse_status == 407 ? "proxy_auth" : "sandbox_policy", why,
+                     refuse_status);
+        c->tunnel_start_us = 0;
+        respond_and_close(c, refuse_status, why);
+        return;
+    }
     struct policy_host_decision d;
-    policy_decide_host(c->w->current->config->policy, c->tunnel_host, &d);
+    policy_decide_host(pol, c->tunnel_host, &d);
     if (d.verdict == POLICY_HOST_DENY) {
         char body[64];
         snprintf(body, sizeof(body), "denied by %s", d.decided_by);
@@ -946,7 +1069,16 @@ static void handle_request_head(struct conn *c)
         goto out;
     }
 
-    const struct policy *pol = r->snap->config->policy;
+    if (!c->in_tunnel)
+        read_identity(c, req);
+    int refuse_status = 0;
+    const char *why = NULL;
+    const struct policy *pol = select_policy(c, r->snap, &r->box, &refuse_status, &why);
+    if (pol == NULL) {
+        refuse(c, refuse_status, "denied", refuse_status == 407 ? "proxy_auth" : "sandbox_policy",
+               why);
+        goto out;
+    }
     struct policy_host_decision hd;
     policy_decide_host(pol, r->host, &hd);
     if (hd.verdict == POLICY_HOST_DENY) {
@@ -1146,6 +1278,7 @@ void conn_accept_explicit(struct worker *w, int fd, const struct sockaddr *peer,
     (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     LIST_INSERT_HEAD(&w->conns, c, link);
     w->n_conns++;
+    metrics_connection_delta(&w->metrics, 1);
     c->timer = evtimer_new(w->base, conn_timer_cb, c);
     /* No BEV_OPT_CLOSE_ON_FREE: after a CONNECT the socket moves to a TLS bufferevent. */
     c->client = bufferevent_socket_new(w->base, fd, BEV_OPT_DEFER_CALLBACKS);

@@ -10,6 +10,9 @@
 #include <openssl/crypto.h>
 
 #include "config.h"
+#include "control.h"
+#include "seal.h"
+#include "store.h"
 #include "log.h"
 #include "serve.h"
 #include "tls_mitm.h"
@@ -30,6 +33,10 @@ static void usage(FILE *out)
             "  ca cert [--state-dir DIR]\n"
             "                        print the interception CA certificate (PEM)\n"
             "  config check FILE     validate a standalone config file\n"
+            "  workspace create NAME [--state-dir DIR]\n"
+            "                        create a workspace and print its API key (once)\n"
+            "  keys rotate [--state-dir DIR]\n"
+            "                        seal every stored secret under a new master key\n"
             "  version               print versions\n");
 }
 
@@ -141,6 +148,111 @@ static int cmd_config(int argc, char **argv)
     return 0;
 }
 
+/* Parses the only option of the state commands: --state-dir DIR, after `first` positional
+ * arguments. Returns the directory, or NULL after printing usage. */
+static const char *state_dir_option(int argc, char **argv, int first, const char *usage_text)
+{
+    static const struct option longopts[] = {
+        {"state-dir", required_argument, NULL, 's'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *dir = DEFAULT_STATE_DIR;
+    int ch;
+    optind = first;
+    while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        if (ch != 's') {
+            fprintf(stderr, "usage: %s\n", usage_text);
+            return NULL;
+        }
+        dir = optarg;
+    }
+    if (optind != argc) {
+        fprintf(stderr, "usage: %s\n", usage_text);
+        return NULL;
+    }
+    return dir;
+}
+
+static int cmd_workspace(int argc, char **argv)
+{
+    static const char usage_text[] = "authproxy workspace create NAME [--state-dir DIR]";
+    if (argc < 3 || strcmp(argv[1], "create") != 0) {
+        fprintf(stderr, "usage: %s\n", usage_text);
+        return 2;
+    }
+    const char *name = argv[2];
+    const char *dir = state_dir_option(argc, argv, 3, usage_text);
+    if (dir == NULL)
+        return 2;
+    char err[512];
+    struct control *ctl = control_open(dir, err, sizeof(err));
+    if (ctl == NULL) {
+        fprintf(stderr, "authproxy: %s\n", err);
+        return 1;
+    }
+    char *key = NULL;
+    struct store_workspace ws = {0};
+    int rc = store_workspace_create(control_store(ctl), name, &ws, &key);
+    if (rc == STORE_OK) {
+        printf("%s\n", key);
+        fprintf(stderr, "created workspace \"%s\" (id %s); its API key is printed above and "
+                        "cannot be shown again\n", ws.name, ws.id);
+    } else {
+        fprintf(stderr, "authproxy: cannot create workspace \"%s\": %s\n", name,
+                rc == STORE_EXISTS ? "the name is taken" : store_strerror(rc));
+    }
+    secret_free(key);
+    store_workspace_free(&ws);
+    control_close(ctl);
+    return rc == STORE_OK ? 0 : 1;
+}
+
+static int cmd_keys(int argc, char **argv)
+{
+    static const char usage_text[] = "authproxy keys rotate [--state-dir DIR]";
+    if (argc < 2 || strcmp(argv[1], "rotate") != 0) {
+        fprintf(stderr, "usage: %s\n", usage_text);
+        return 2;
+    }
+    const char *dir = state_dir_option(argc, argv, 2, usage_text);
+    if (dir == NULL)
+        return 2;
+    char *msg = NULL;
+    int status = 1;
+    struct store *st = NULL;
+    struct seal_keyring *kr = seal_keyring_open(dir, NULL, &msg);
+    if (kr == NULL) {
+        fprintf(stderr, "authproxy: master key: %s\n", msg ? msg : "cannot open");
+        goto out;
+    }
+    st = store_open(dir, kr, &msg);
+    if (st == NULL) {
+        fprintf(stderr, "authproxy: store: %s\n", msg ? msg : "cannot open");
+        goto out;
+    }
+    if (seal_keyring_rotate(kr, &msg) != 0) {
+        fprintf(stderr, "authproxy: cannot rotate the master key: %s\n", msg ? msg : "?");
+        goto out;
+    }
+    size_t n = 0;
+    int rc = store_reseal_all(st, &n);
+    if (rc != STORE_OK) {
+        fprintf(stderr, "authproxy: re-sealing failed (%s); nothing was changed in the store, "
+                        "values stay sealed under the previous key, which is kept\n",
+                store_strerror(rc));
+        goto out;
+    }
+    printf("master key rotated: current key %s, %zu value%s re-sealed\n",
+           seal_keyring_current_id(kr), n, n == 1 ? "" : "s");
+    status = 0;
+out:
+    free(msg);
+    if (st)
+        store_close(st);
+    seal_keyring_free(kr);
+    return status;
+}
+
 static int cmd_version(void)
 {
     printf("authproxy %s\n", AUTHPROXY_VERSION);
@@ -164,6 +276,10 @@ int main(int argc, char **argv)
         return cmd_ca(argc - 1, argv + 1);
     if (strcmp(cmd, "config") == 0)
         return cmd_config(argc - 1, argv + 1);
+    if (strcmp(cmd, "workspace") == 0)
+        return cmd_workspace(argc - 1, argv + 1);
+    if (strcmp(cmd, "keys") == 0)
+        return cmd_keys(argc - 1, argv + 1);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0)
         return cmd_version();
     if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {

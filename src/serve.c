@@ -9,30 +9,45 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
+#include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/thread.h>
 #include <event2/util.h>
 
+#include "api.h"
 #include "audit.h"
 #include "config.h"
+#include "control.h"
 #include "log.h"
+#include "metrics.h"
 #include "snapshot.h"
 #include "tls_mitm.h"
 #include "util.h"
 #include "worker.h"
 
 #define MAX_WORKERS 64
+/* How long a publish waits for every worker to take the new snapshot before it gives up
+ * waiting (the workers still take it; the caller is just not held longer). */
+#define PUBLISH_WAIT_MAX_US (5u * 1000000u)
+/* How often the daemon looks for store changes made by other processes (CLI commands). */
+#define STORE_SYNC_INTERVAL_S 2
 
 struct server {
     const struct serve_options *opt;
     struct serve_shared shared;
-    struct event_base *base; /* main thread: signals only */
+    struct event_base *base; /* main thread: signals, control API, store sync */
     struct worker *workers[MAX_WORKERS];
     int n_workers;
-    struct snapshot *current;
+    struct snapshot_base *snap_base; /* reference: the config file part */
+    struct registry *registry;       /* reference: the sandboxes part (NULL before control) */
+    struct snapshot *current;        /* reference: what the workers were last given */
     uint64_t next_version;
+    struct control *control;
+    struct api *api;
+    struct event *sync_timer;
 };
 
 /* Opens a listening TCP socket on "addr:port". Returns the fd or -1 with a message in err. */
@@ -41,7 +56,7 @@ static int listen_on(const char *spec, char *err, size_t err_len)
     struct sockaddr_storage ss;
     int sslen = sizeof(ss);
     memset(&ss, 0, sizeof(ss));
-    if (evutil_parse_sockaddr_port(spec, (struct sockaddr *)&ss, &sslen) != 0) {
+    if (parse_listen_address(spec, (struct sockaddr *)&ss, &sslen) != 0) {
         snprintf(err, err_len, "invalid listen address '%s' (expected ADDR:PORT)", spec);
         return -1;
     }
@@ -60,15 +75,14 @@ static int listen_on(const char *spec, char *err, size_t err_len)
     return fd;
 }
 
-/* Loads the config named in the options (or the default one) into a new snapshot. On failure
- * logs every problem and returns NULL. */
-static struct snapshot *load_snapshot(struct server *s)
+/* Loads the config file (or the defaults) into a new snapshot base. On failure logs every
+ * problem and returns NULL. */
+static struct snapshot_base *load_base(struct server *s)
 {
     struct errlist errs = {0};
-    uint64_t version = s->next_version;
     struct config *cfg = s->opt->config_path
-                             ? config_load_file(s->opt->config_path, version, &errs)
-                             : config_new_default(version);
+                             ? config_load_file(s->opt->config_path, s->next_version, &errs)
+                             : config_new_default(s->next_version);
     if (cfg == NULL) {
         for (size_t i = 0; i < errs.n; i++)
             log_error("%s", errs.msgs[i]);
@@ -77,31 +91,59 @@ static struct snapshot *load_snapshot(struct server *s)
     }
     errlist_free(&errs);
     char err[256];
-    struct snapshot *snap = snapshot_new(cfg, err, sizeof(err));
-    if (snap == NULL) {
+    struct snapshot_base *b = snapshot_base_new(cfg, s->opt->config_path != NULL, err, sizeof(err));
+    if (b == NULL)
         log_error("%s", err);
-        return NULL;
+    return b;
+}
+
+/* Makes a snapshot of the current base and registry, hands it to every worker and waits until
+ * each has taken it: when this returns, every request that starts uses it. */
+static void publish(struct server *s)
+{
+    struct snapshot *snap = snapshot_new(s->next_version++, s->snap_base, s->registry);
+    snapshot_unref(s->current);
+    s->current = snap;
+    for (int i = 0; i < s->n_workers; i++)
+        worker_post_snapshot(s->workers[i], snap);
+    uint64_t start = monotonic_us();
+    for (int i = 0; i < s->n_workers; i++) {
+        while (atomic_load(&s->workers[i]->applied_version) < snap->version) {
+            if (monotonic_us() - start > PUBLISH_WAIT_MAX_US) {
+                log_warn("worker %d has not taken policy version %llu yet", i,
+                         (unsigned long long)snap->version);
+                break;
+            }
+            struct timespec ts = {0, 50000};
+            nanosleep(&ts, NULL);
+        }
     }
-    s->next_version++;
-    return snap;
+}
+
+static void publish_registry(void *ctx, struct registry *reg)
+{
+    struct server *s = ctx;
+    registry_unref(s->registry);
+    s->registry = registry_ref(reg);
+    if (s->n_workers > 0)
+        publish(s);
 }
 
 static void reload(struct server *s)
 {
-    struct snapshot *snap = load_snapshot(s);
-    if (snap == NULL) {
+    struct snapshot_base *b = load_base(s);
+    if (b == NULL) {
         log_error("reload of %s failed; keeping policy version %llu",
                   s->opt->config_path ? s->opt->config_path : "(defaults)",
                   (unsigned long long)s->current->version);
         return;
     }
-    for (int i = 0; i < s->n_workers; i++)
-        worker_post_snapshot(s->workers[i], snap);
-    snapshot_unref(s->current);
-    s->current = snap;
+    snapshot_base_unref(s->snap_base);
+    s->snap_base = b;
+    publish(s);
     log_info("reloaded %s: policy version %llu",
              s->opt->config_path ? s->opt->config_path : "(defaults)",
-             (unsigned long long)snap->version);
+             (unsigned long long)s->current->version);
 }
 
 static void signal_cb(evutil_socket_t sig, short what, void *arg)
@@ -116,12 +158,40 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
     event_base_loopbreak(s->base);
 }
 
+static void sync_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct server *s = arg;
+    (void)fd;
+    (void)what;
+    control_sync(s->control);
+}
+
+/* The /metrics hook of the control API: every worker's counters plus process-wide facts. */
+static void render_metrics(void *ctx, struct evbuffer *out)
+{
+    struct server *s = ctx;
+    struct metrics *blocks[MAX_WORKERS];
+    for (int i = 0; i < s->n_workers; i++)
+        blocks[i] = &s->workers[i]->metrics;
+    struct tls_mitm_stats ts;
+    tls_mitm_get_stats(s->shared.mitm, &ts);
+    struct metrics_globals g = {
+        .config_version = s->current ? s->current->version : 0,
+        .cert_cache_hits = ts.cache_hits,
+        .cert_cache_misses = ts.cache_misses,
+        .cert_mints = ts.mints,
+        .cert_cache_size = ts.cache_size,
+    };
+    metrics_render(out, blocks, (size_t)s->n_workers, &g);
+}
+
 int serve_run(const struct serve_options *opt)
 {
     struct server s = {.opt = opt, .next_version = 1};
     int status = 1;
     int proxy_fd = -1;
     struct event *sig_events[3] = {NULL, NULL, NULL};
+    char *audit_default = NULL;
     char err[512];
 
     /* Secrets live in this process's memory: keep them out of core dumps and away from
@@ -130,22 +200,30 @@ int serve_run(const struct serve_options *opt)
     signal(SIGPIPE, SIG_IGN);
     evthread_use_pthreads();
 
-    s.current = load_snapshot(&s);
-    if (s.current == NULL)
+    s.snap_base = load_base(&s);
+    if (s.snap_base == NULL)
         goto out;
     s.shared.mitm = tls_mitm_open(opt->state_dir, 0, err, sizeof(err));
     if (s.shared.mitm == NULL) {
         log_error("interception CA: %s", err);
         goto out;
     }
-    char *audit_default = NULL;
+    s.control = control_open(opt->state_dir, err, sizeof(err));
+    if (s.control == NULL) {
+        log_error("control plane: %s", err);
+        goto out;
+    }
+    control_set_publisher(s.control, publish_registry, &s);
+    if (control_publish(s.control) != 0) /* n_workers == 0: only records the registry */
+        goto out;
+    s.current = snapshot_new(s.next_version++, s.snap_base, s.registry);
+
     const char *audit_path = opt->audit_path;
     if (audit_path == NULL)
         audit_path = audit_default = xasprintf("%s/audit.log", opt->state_dir);
     s.shared.audit = audit_open(audit_path);
     if (s.shared.audit == NULL) {
         log_error("cannot open audit log %s: %s", audit_path, strerror(errno));
-        free(audit_default);
         goto out;
     }
     s.shared.upstream_dns = opt->upstream_dns;
@@ -153,38 +231,53 @@ int serve_run(const struct serve_options *opt)
     proxy_fd = listen_on(opt->listen_proxy, err, sizeof(err));
     if (proxy_fd == -1) {
         log_error("%s", err);
-        free(audit_default);
         goto out;
     }
-    s.n_workers = opt->workers > 0 ? opt->workers : (int)sysconf(_SC_NPROCESSORS_ONLN);
-    if (s.n_workers < 1)
-        s.n_workers = 1;
-    if (s.n_workers > MAX_WORKERS)
-        s.n_workers = MAX_WORKERS;
-    for (int i = 0; i < s.n_workers; i++) {
+    s.base = event_base_new();
+    if (s.base == NULL)
+        goto out;
+    struct api_hooks hooks = {
+        .render_metrics = render_metrics, .ctx = &s, .proxy_address = opt->listen_proxy};
+    s.api = api_new(s.base, s.control, opt->listen_control, &hooks, err, sizeof(err));
+    if (s.api == NULL) {
+        log_error("control API: %s", err);
+        goto out;
+    }
+
+    /* Our own listeners are never a destination (see upstream.c is_self). */
+    const char *selves[2] = {api_listen_address(s.api), opt->listen_proxy};
+    for (int i = 0; i < 2; i++) {
+        int len = sizeof(s.shared.self[0]);
+        if (evutil_parse_sockaddr_port(selves[i], (struct sockaddr *)&s.shared.self[s.shared.n_self],
+                                       &len) == 0)
+            s.shared.n_self++;
+    }
+
+    int n = opt->workers > 0 ? opt->workers : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    n = n < 1 ? 1 : (n > MAX_WORKERS ? MAX_WORKERS : n);
+    for (int i = 0; i < n; i++) {
         s.workers[i] = worker_new(i, &s.shared, proxy_fd, s.current, err, sizeof(err));
         if (s.workers[i] == NULL || worker_start(s.workers[i]) != 0) {
             log_error("worker %d: %s", i, s.workers[i] ? "cannot start thread" : err);
-            if (s.workers[i]) {
-                worker_join_and_free(s.workers[i]);
-                s.workers[i] = NULL;
-            }
-            s.n_workers = i;
-            free(audit_default);
+            worker_join_and_free(s.workers[i]);
+            s.workers[i] = NULL;
             goto stop;
         }
+        s.n_workers = i + 1;
     }
 
-    s.base = event_base_new();
     int sigs[3] = {SIGHUP, SIGTERM, SIGINT};
     for (int i = 0; i < 3; i++) {
         sig_events[i] = evsignal_new(s.base, sigs[i], signal_cb, &s);
         event_add(sig_events[i], NULL);
     }
-    log_info("authproxy %s: proxy listening on %s, %d workers, policy version %llu, audit log %s",
-             AUTHPROXY_VERSION, opt->listen_proxy, s.n_workers,
+    s.sync_timer = event_new(s.base, -1, EV_PERSIST, sync_cb, &s);
+    struct timeval sync_tv = {STORE_SYNC_INTERVAL_S, 0};
+    event_add(s.sync_timer, &sync_tv);
+    log_info("authproxy %s: proxy on %s, control API on %s, %d workers, policy version %llu, "
+             "audit log %s",
+             AUTHPROXY_VERSION, opt->listen_proxy, api_listen_address(s.api), s.n_workers,
              (unsigned long long)s.current->version, audit_path);
-    free(audit_default);
     event_base_dispatch(s.base);
     status = 0;
 
@@ -197,13 +290,20 @@ out:
     for (int i = 0; i < 3; i++)
         if (sig_events[i])
             event_free(sig_events[i]);
+    if (s.sync_timer)
+        event_free(s.sync_timer);
+    api_free(s.api);
     if (s.base)
         event_base_free(s.base);
     if (proxy_fd != -1)
         close(proxy_fd);
+    free(audit_default);
     audit_close(s.shared.audit);
     tls_mitm_free(s.shared.mitm);
     snapshot_unref(s.current);
+    registry_unref(s.registry);
+    snapshot_base_unref(s.snap_base);
+    control_close(s.control);
     if (status == 0)
         log_info("stopped");
     return status;

@@ -191,6 +191,50 @@ static void uc_connect_done_cb(evutil_socket_t fd, short what, void *arg)
     uc_connected(uc);
 }
 
+static bool is_loopback(const struct sockaddr *sa)
+{
+    if (sa->sa_family == AF_INET)
+        return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
+    if (sa->sa_family == AF_INET6)
+        return IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)sa)->sin6_addr);
+    return false;
+}
+
+static bool is_any(const struct sockaddr *sa)
+{
+    if (sa->sa_family == AF_INET)
+        return ((const struct sockaddr_in *)sa)->sin_addr.s_addr == htonl(INADDR_ANY);
+    if (sa->sa_family == AF_INET6)
+        return IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)sa)->sin6_addr);
+    return false;
+}
+
+/* True if dst is one of authproxy's own listeners: same port, and the same address, or any
+ * loopback address when the listener is on loopback or on the wildcard address (which
+ * includes loopback). Checked on the resolved address, so no name leads there. */
+static bool is_self(const struct serve_shared *sh, const struct sockaddr *dst)
+{
+    uint16_t port = dst->sa_family == AF_INET ? ((const struct sockaddr_in *)dst)->sin_port
+                                              : ((const struct sockaddr_in6 *)dst)->sin6_port;
+    for (size_t i = 0; i < sh->n_self; i++) {
+        const struct sockaddr *l = (const struct sockaddr *)&sh->self[i];
+        uint16_t lport = l->sa_family == AF_INET ? ((const struct sockaddr_in *)l)->sin_port
+                                                 : ((const struct sockaddr_in6 *)l)->sin6_port;
+        if (lport != port)
+            continue;
+        if (is_any(l) || (is_loopback(l) && is_loopback(dst)))
+            return true;
+        if (l->sa_family == dst->sa_family &&
+            (l->sa_family == AF_INET
+                 ? ((const struct sockaddr_in *)l)->sin_addr.s_addr ==
+                       ((const struct sockaddr_in *)dst)->sin_addr.s_addr
+                 : memcmp(&((const struct sockaddr_in6 *)l)->sin6_addr,
+                          &((const struct sockaddr_in6 *)dst)->sin6_addr, 16) == 0))
+            return true;
+    }
+    return false;
+}
+
 /* Tries the next resolved address; reports a connect failure when none is left. */
 static void uc_try_next(struct upstream_connect *uc)
 {
@@ -199,6 +243,10 @@ static void uc_try_next(struct upstream_connect *uc)
         uc->next_addr = ai->ai_next;
         if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6)
             continue;
+        if (is_self(uc->w->shared, ai->ai_addr)) {
+            uc_finish(uc, UPSTREAM_ERR_FORBIDDEN, "the destination is authproxy itself");
+            return;
+        }
         int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (fd == -1)
             continue;

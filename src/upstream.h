@@ -34,6 +34,7 @@ enum upstream_error {
     UPSTREAM_ERR_CONNECT,    /* TCP connect refused, unreachable or timed out */
     UPSTREAM_ERR_TLS_VERIFY, /* certificate not trusted or name mismatch */
     UPSTREAM_ERR_TLS,        /* other TLS handshake failure */
+    UPSTREAM_ERR_FORBIDDEN,  /* the destination is one of authproxy's own listeners */
 };
 
 /* On success u is a new connection the callee now owns; on failure u is NULL and reason is a

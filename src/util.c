@@ -13,6 +13,10 @@
 #include <malloc.h>
 
 #include <jansson.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <event2/util.h>
 #include <openssl/crypto.h>
 
 static void out_of_memory(size_t n)
@@ -188,6 +192,24 @@ fail: {
     errno = saved;
     return NULL;
 }
+}
+
+int parse_listen_address(const char *spec, struct sockaddr *out, int *out_len)
+{
+    const char *colon = strrchr(spec, ':');
+    if (colon == NULL || strcmp(colon, ":0") != 0)
+        return evutil_parse_sockaddr_port(spec, out, out_len);
+    /* Port 0: parse with a placeholder port, then clear it. */
+    char *tmp = xasprintf("%.*s:1", (int)(colon - spec), spec);
+    int rc = evutil_parse_sockaddr_port(tmp, out, out_len);
+    free(tmp);
+    if (rc != 0)
+        return -1;
+    if (out->sa_family == AF_INET)
+        ((struct sockaddr_in *)out)->sin_port = 0;
+    else
+        ((struct sockaddr_in6 *)out)->sin6_port = 0;
+    return 0;
 }
 
 uint64_t monotonic_us(void)

@@ -44,6 +44,12 @@ char *ascii_lower_str(char *s);
 int write_all(int fd, const void *buf, size_t len);
 /* Reads a whole (small) file into a NUL-terminated heap buffer; NULL with errno on error. */
 char *read_file(const char *path, size_t max_len, size_t *len_out);
+/* Parses a listen address "ADDR:PORT" ("127.0.0.1:8080", "[::1]:0"); port 0 is allowed (the
+ * kernel picks one), unlike evutil_parse_sockaddr_port. 0, or -1 if spec is not such an
+ * address. */
+struct sockaddr;
+int parse_listen_address(const char *spec, struct sockaddr *out, int *out_len);
+
 /* Monotonic clock in microseconds. */
 uint64_t monotonic_us(void);
 

@@ -89,6 +89,7 @@ struct worker *worker_new(int index, const struct serve_shared *shared, int prox
     w->index = index;
     w->shared = shared;
     pthread_mutex_init(&w->lock, NULL);
+    metrics_init(&w->metrics);
     LIST_INIT(&w->conns);
     TAILQ_INIT(&w->idle_upstreams);
     w->current = snapshot_ref(snap);
@@ -189,5 +190,6 @@ void worker_join_and_free(struct worker *w)
     snapshot_unref(w->pending);
     snapshot_unref(w->current);
     pthread_mutex_destroy(&w->lock);
+    metrics_destroy(&w->metrics);
     free(w);
 }

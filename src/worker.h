@@ -13,6 +13,7 @@
 #include <sys/socket.h>
 #include <sys/queue.h>
 
+#include "metrics.h"
 #include "snapshot.h"
 
 struct event_base;
@@ -27,6 +28,10 @@ struct serve_shared {
     struct tls_mitm *mitm;
     struct audit_log *audit;
     const char *upstream_dns; /* "ip:port" of the resolver for upstream names, or NULL */
+    /* authproxy's own listeners (control API, proxy): never a destination, whatever name or
+     * address a sandbox uses to reach them. */
+    struct sockaddr_storage self[4];
+    size_t n_self;
 };
 
 LIST_HEAD(conn_list, conn);
@@ -54,6 +59,7 @@ struct worker {
     bool draining; /* stop accepting; close connections as they go idle */
 
     atomic_uint_fast64_t applied_version; /* the snapshot version now in use (any thread reads) */
+    struct metrics metrics; /* written by this worker, read by /metrics scrapes */
 };
 
 /* Creates the worker's event base, DNS base and a listener on the shared listening socket

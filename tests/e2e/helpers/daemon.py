@@ -70,7 +70,10 @@ class Daemon:
     def argv(self):
         return [self.binary, "serve", "--config", self.config_path, "--state-dir", self.state_dir,
                 "--listen-proxy", "127.0.0.1:%d" % self.port, "--audit-log", self.audit_path,
-                "--workers", str(self.workers), "--upstream-dns", self.dns_addr] + self.extra_args
+                "--workers", str(self.workers), "--upstream-dns", self.dns_addr,
+                # The control API is not what these tests exercise: an ephemeral port keeps
+                # daemons from contending for the default 8081.
+                "--listen-control", "127.0.0.1:0"] + self.extra_args
 
     def start(self):
         last = None
