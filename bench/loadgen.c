@@ -1048,7 +1048,7 @@ int main(int argc, char **argv)
                                     off ? "," : "", lg_err_names[k], (unsigned long long)errs[k]);
     printf("RESULT label=%s mode=%s conns=%d threads=%d secs=%.1f requests=%llu rps=%.1f "
            "handshakes=%llu errors=%llu error_kinds=%s p50_us=%.1f p90_us=%.1f p99_us=%.1f "
-           "p999_us=%.1f max_us=%.1f target_rate=%.0f client_cpu=%.2f requests_all=%llu\n",
+           "p999_us=%.1f max_us=%.1f target_rate=%.0f client_cpu=%.2f requests_all=%llu hist=",
            g_opt.label, g_opt.new_conn ? "new-conn" : (g_opt.rate > 0 ? "paced" : "keep-alive"),
            g_opt.conns, g_opt.threads, secs, (unsigned long long)req, (double)req / secs,
            (unsigned long long)hs, (unsigned long long)err_total, off ? errbuf : "none",
@@ -1056,6 +1056,16 @@ int main(int argc, char **argv)
            lg_hist_quantile_us(all, 0.99), lg_hist_quantile_us(all, 0.999),
            (double)all->max_ns / 1000.0, g_opt.rate, cpu / (secs + g_opt.warmup),
            (unsigned long long)req_all);
+    /* The histogram itself (non-empty buckets as index:count, bucket i = [1.01^i, 1.01^(i+1))
+     * ns), so runs split into slices can be merged exactly by bench/report.py. */
+    bool first = true;
+    for (size_t b = 0; b < LG_HIST_BUCKETS; b++) {
+        if (all->counts[b] == 0)
+            continue;
+        printf("%s%zu:%llu", first ? "" : ",", b, (unsigned long long)all->counts[b]);
+        first = false;
+    }
+    printf("%s\n", first ? "none" : "");
     lg_teardown(ths, all);
     return 0;
 }

@@ -7,9 +7,10 @@
 # exits 0 once it has reported (non-zero only when the harness itself cannot run: no nginx,
 # no wrk, loadgen does not compile). bench/README.md says what each run measures.
 #
-# Knobs (environment): BENCH_DURATION (s per run, default 8), BENCH_WARMUP (s, default 2),
+# Knobs (environment): BENCH_DURATION (s per run, default 6), BENCH_WARMUP (s, default 2),
 # BENCH_CONNS (32), BENCH_RATE (total req/s of the paced latency runs, 2000), BENCH_IDLE
 # (idle intercepted connections for the memory run, 2000), BENCH_MITM_IDLE (500),
+# BENCH_PACED_SLICES (3) and BENCH_PACED_SLICE (s, 3) for the paced runs, BENCH_QUIET_WAIT (s, 60),
 # BENCH_MITM=0 (skip mitmproxy), BENCH_KEEP=1 (keep the work dir), AUTHPROXY_BIN.
 set -uo pipefail
 
@@ -17,10 +18,12 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 BIN=${AUTHPROXY_BIN:-$ROOT/build/authproxy}
 OUT=$ROOT/build/bench
-DUR=${BENCH_DURATION:-8}
+DUR=${BENCH_DURATION:-6}
 WARM=${BENCH_WARMUP:-2}
 CONNS=${BENCH_CONNS:-32}
 RATE=${BENCH_RATE:-2000}
+SLICES=${BENCH_PACED_SLICES:-3}
+SLICE=${BENCH_PACED_SLICE:-3}
 IDLE=${BENCH_IDLE:-2000}
 MITM_IDLE=${BENCH_MITM_IDLE:-500}
 MITM=${BENCH_MITM:-1}
@@ -104,10 +107,14 @@ rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 machine_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $9; exit}' /proc/stat; }
 now_s() { date +%s.%N; }
 
-# wait_quiet: the machine is shared (other sessions build, test and fuzz on it). Waits up to
-# BENCH_QUIET_WAIT seconds (default 120) for less than 0.25 cores of load, and says what it saw.
+# The machine is shared (other sessions build, test and fuzz on it). The harness waits for it to
+# be quiet (less than 0.25 cores of load) before the runs and before each workload, at most
+# BENCH_QUIET_WAIT seconds in all (default 60), so the whole run stays near five minutes.
+QUIET_BUDGET=${BENCH_QUIET_WAIT:-60}
+
+# wait_quiet: before the first run; waits up to half the budget and says what it saw.
 wait_quiet() {
-    local limit=${BENCH_QUIET_WAIT:-120} waited=0 t0 t1 load
+    local limit=$((QUIET_BUDGET / 2)) waited=0 t0 t1 load
     while :; do
         t0=$(machine_ticks)
         sleep 2
@@ -125,6 +132,7 @@ wait_quiet() {
         fi
         [ "$waited" = 0 ] && note "machine busy ($load cores in use by other processes); waiting up to ${limit}s for it to calm down"
         waited=$((waited + 2))
+        QUIET_BUDGET=$((QUIET_BUDGET - 2))
     done
 }
 
@@ -177,6 +185,8 @@ measure() {
 LG=$OUT/loadgen
 # lg ARGS...: loadgen with the common shape (connections, one client thread, duration, warm-up)
 lg() { timeout $((DUR + WARM + 60)) "$LG" -c "$CONNS" -t 1 -d "$DUR" -w "$WARM" "$@"; }
+# lg_slice ARGS...: one slice of a paced run (see the driver below)
+lg_slice() { timeout $((SLICE + 60)) "$LG" -c "$CONNS" -t 1 -d "$SLICE" -w 1 "$@"; }
 
 # wrk_run URL TARGET HOST LABEL: the measured wrk run (one thread, like loadgen, so the client's
 # share of the two cores is the same for both tools). wrk has no warm-up phase: call wrk_warm
@@ -356,39 +366,62 @@ else
 fi
 
 # --- the runs -----------------------------------------------------------------------------------
-# Order: direct first, then each proxy, so nothing a proxy leaves behind (TIME_WAIT, caches in
-# nginx) differs between the sides more than it must.
+# Workload by workload, each one direct, then through authproxy, then through mitmproxy, back to
+# back: the machine is shared, and load that comes and goes then hits both sides of a ratio
+# alike instead of all of one side. Before each workload the harness waits (within a budget) for
+# the machine to be quiet.
 
-LOAD_BEFORE=?
-wait_quiet
-note "direct (nginx alone), $CONNS connections, ${DUR}s per run after ${WARM}s warm-up"
-wrk_warm "http://127.0.0.1:$NG_HTTP/" / "$HOST_PLAIN" plain_ka
-measure direct plain_ka - wrk_run "http://127.0.0.1:$NG_HTTP/" / "$HOST_PLAIN" plain_ka
-wrk_warm "https://127.0.0.1:$NG_HTTPS/" / "$HOST_TLS" tls_ka_wrk
-measure direct tls_ka_wrk - wrk_run "https://127.0.0.1:$NG_HTTPS/" / "$HOST_TLS" tls_ka_wrk
-TLS_DIRECT=(--connect "127.0.0.1:$NG_HTTPS" --tls --sni "$NAME" --cafile "$PKI/ca.crt" --host "$HOST_TLS")
-measure direct tls_ka - lg "${TLS_DIRECT[@]}" --label tls_ka
-measure direct tls_new - lg "${TLS_DIRECT[@]}" --new-conn --label tls_new
-measure direct plain_paced - lg --connect "127.0.0.1:$NG_HTTP" --host "$HOST_PLAIN" --rate "$RATE" --label plain_paced
-measure direct tls_paced - lg "${TLS_DIRECT[@]}" --rate "$RATE" --label tls_paced
+# quiet_gate: waits up to 15 s, within what is left of the budget, for other load < 0.25 cores.
+quiet_gate() {
+    local t0 t1 load waited=0
+    while :; do
+        t0=$(machine_ticks)
+        sleep 1
+        t1=$(machine_ticks)
+        load=$(awk -v d=$((t1 - t0)) -v h="$CLK_TCK" 'BEGIN {printf "%.2f", d / h}')
+        awk -v l="$load" 'BEGIN {exit !(l < 0.25)}' && return
+        if [ "$waited" -ge 15 ] || [ "$QUIET_BUDGET" -le 0 ]; then
+            note "machine still busy ($load cores used by others); measuring anyway"
+            return
+        fi
+        waited=$((waited + 1))
+        QUIET_BUDGET=$((QUIET_BUDGET - 1))
+    done
+}
 
-# proxy_runs SIDE PID PORT CAFILE: the proxied workloads through one proxy.
-proxy_runs() {
-    local side=$1 pid=$2 port=$3 ca=$4
-    local tls=(--connect "127.0.0.1:$port" --tunnel "$HOST_TLS" --tls --sni "$NAME" --cafile "$ca" --host "$HOST_TLS")
-    wrk_warm "http://127.0.0.1:$port/" "$URL_PLAIN" "$HOST_PLAIN" plain_ka
-    measure "$side" plain_ka "$pid" wrk_run "http://127.0.0.1:$port/" "$URL_PLAIN" "$HOST_PLAIN" plain_ka
-    measure "$side" tls_ka "$pid" lg "${tls[@]}" --label tls_ka
-    measure "$side" tls_new "$pid" lg "${tls[@]}" --new-conn --label tls_new
-    measure "$side" tls_new_noreuse "$pid" lg --connect "127.0.0.1:$port" --tunnel "$HOST_TLS_CLOSE" --tls \
-        --sni "$NAME" --cafile "$ca" --host "$HOST_TLS_CLOSE" --new-conn --label tls_new_noreuse
-    if [ "$side" = authproxy ]; then
-        # mitmproxy saturates far below the paced rate, so its paced latency would only
-        # measure its queue; the saturated p99 of the keep-alive runs is on record for it.
-        measure "$side" plain_paced "$pid" lg --connect "127.0.0.1:$port" --target "$URL_PLAIN" \
-            --host "$HOST_PLAIN" --rate "$RATE" --label plain_paced
-        measure "$side" tls_paced "$pid" lg "${tls[@]}" --rate "$RATE" --label tls_paced
+# run_one SIDE ID: one workload on one side (direct | authproxy | mitmproxy).
+run_one() {
+    local side=$1 id=$2 pid port ca tls plain url target
+    case $side in
+        direct) pid=-; ca=$PKI/ca.crt ;;
+        authproxy) pid=$AP_PID; port=$AP_PORT; ca=$WORK/authproxy-ca.crt ;;
+        mitmproxy) pid=$MITM_PID; port=$MITM_PORT; ca=$WORK/mitm/mitmproxy-ca-cert.pem ;;
+    esac
+    if [ "$side" = direct ]; then
+        tls=(--connect "127.0.0.1:$NG_HTTPS" --tls --sni "$NAME" --cafile "$ca" --host "$HOST_TLS")
+        plain=(--connect "127.0.0.1:$NG_HTTP" --host "$HOST_PLAIN")
+        url="http://127.0.0.1:$NG_HTTP/" target=/
+    else
+        tls=(--connect "127.0.0.1:$port" --tunnel "$HOST_TLS" --tls --sni "$NAME" --cafile "$ca" --host "$HOST_TLS")
+        plain=(--connect "127.0.0.1:$port" --target "$URL_PLAIN" --host "$HOST_PLAIN")
+        url="http://127.0.0.1:$port/" target=$URL_PLAIN
     fi
+    case $id in
+        plain_ka)
+            wrk_warm "$url" "$target" "$HOST_PLAIN" "$id"
+            measure "$side" "$id" "$pid" wrk_run "$url" "$target" "$HOST_PLAIN" "$id" ;;
+        plain_ka_lg) measure "$side" "$id" "$pid" lg "${plain[@]}" --label "$id" ;;
+        tls_ka_wrk)
+            wrk_warm "https://127.0.0.1:$NG_HTTPS/" / "$HOST_TLS" "$id"
+            measure "$side" "$id" "$pid" wrk_run "https://127.0.0.1:$NG_HTTPS/" / "$HOST_TLS" "$id" ;;
+        tls_ka) measure "$side" "$id" "$pid" lg "${tls[@]}" --label "$id" ;;
+        tls_new) measure "$side" "$id" "$pid" lg "${tls[@]}" --new-conn --label "$id" ;;
+        tls_new_noreuse)
+            measure "$side" "$id" "$pid" lg --connect "127.0.0.1:$port" --tunnel "$HOST_TLS_CLOSE" --tls \
+                --sni "$NAME" --cafile "$ca" --host "$HOST_TLS_CLOSE" --new-conn --label "$id" ;;
+        plain_paced) measure "$side" "$id" "$pid" lg_slice "${plain[@]}" --rate "$RATE" --label "$id" ;;
+        tls_paced) measure "$side" "$id" "$pid" lg_slice "${tls[@]}" --rate "$RATE" --label "$id" ;;
+    esac
 }
 
 # idle_run SIDE START_FN PORT CAFILE N: restarts the proxy (fresh heap), warms it with 32
@@ -426,16 +459,34 @@ idle_run() {
                v["side"], v["id"], v["open"], v["rss_before_kib"], v["rss_after_kib"], v["upstream_open"] }' >&2
 }
 
-if [ "$AP_OK" = 1 ]; then
-    note "authproxy (--workers 2)"
-    proxy_runs authproxy "$AP_PID" "$AP_PORT" "$WORK/authproxy-ca.crt"
-    idle_run authproxy start_authproxy "$AP_PORT" "$WORK/authproxy-ca.crt" "$IDLE" AP_PID
-fi
-if [ "$MITM_OK" = 1 ]; then
-    note "mitmproxy (mitmdump, one Python process)"
-    proxy_runs mitmproxy "$MITM_PID" "$MITM_PORT" "$WORK/mitm/mitmproxy-ca-cert.pem"
-    idle_run mitmproxy start_mitm "$MITM_PORT" "$WORK/mitm/mitmproxy-ca-cert.pem" "$MITM_IDLE" MITM_PID
-fi
+LOAD_BEFORE=?
+wait_quiet
+note "$CONNS connections, ${DUR}s per run after ${WARM}s warm-up; authproxy --workers 2, mitmproxy one process"
+for id in plain_ka plain_ka_lg tls_ka_wrk tls_ka tls_new tls_new_noreuse plain_paced tls_paced; do
+    quiet_gate
+    # Paced runs go in alternating slices (direct, proxy, direct, proxy, ...) whose histograms
+    # report.py merges: tail latency is what background noise moves most, and alternating
+    # exposes both sides to the same noise.
+    slices=1
+    case $id in *_paced) slices=$SLICES ;; esac
+    for _ in $(seq "$slices"); do
+    for side in direct authproxy mitmproxy; do
+        [ "$side" = authproxy ] && [ "$AP_OK" != 1 ] && continue
+        [ "$side" = mitmproxy ] && [ "$MITM_OK" != 1 ] && continue
+        case "$side:$id" in
+            direct:tls_new_noreuse) continue ;; # the direct path has no upstream; compared with tls_new
+            authproxy:tls_ka_wrk | mitmproxy:tls_ka_wrk) continue ;; # wrk cannot tunnel
+            # mitmproxy saturates far below the paced rate, so its paced latency would only
+            # measure its queue; its saturated p99 is on record from the keep-alive runs.
+            mitmproxy:plain_paced | mitmproxy:tls_paced | mitmproxy:plain_ka_lg) continue ;;
+        esac
+        run_one "$side" "$id"
+    done
+    done
+done
+quiet_gate
+[ "$AP_OK" = 1 ] && idle_run authproxy start_authproxy "$AP_PORT" "$WORK/authproxy-ca.crt" "$IDLE" AP_PID
+[ "$MITM_OK" = 1 ] && idle_run mitmproxy start_mitm "$MITM_PORT" "$WORK/mitm/mitmproxy-ca-cert.pem" "$MITM_IDLE" MITM_PID
 
 # --- report -------------------------------------------------------------------------------------
 
