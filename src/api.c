@@ -35,6 +35,7 @@ enum api_resource {
     RES_NONE = 0,
     RES_HEALTHZ,
     RES_METRICS,
+    RES_JWKS,
     RES_BOXES,
     RES_BOX,
     RES_BOX_STATUS,
@@ -196,6 +197,8 @@ static enum api_resource api_resolve(char **seg, int n, const char **arg)
         return RES_HEALTHZ;
     if (n == 1 && seg_is(seg, n, 0, "metrics"))
         return RES_METRICS;
+    if (n == 2 && seg_is(seg, n, 0, ".well-known") && seg_is(seg, n, 1, "jwks.json"))
+        return RES_JWKS;
     if (seg_is(seg, n, 0, "v2") && seg_is(seg, n, 1, "sandboxes")) {
         if (seg_is(seg, n, 2, "boxes")) {
             if (n == 3)
@@ -360,16 +363,17 @@ static char *api_authenticate(struct api_call *c)
     return NULL;
 }
 
-static void api_metrics(struct api_call *c)
+/* Answers 200 with what render appends, as content type ctype. */
+static void api_send_text(struct api_call *c, void (*render)(void *ctx, struct evbuffer *out),
+                          const char *ctype)
 {
     struct evbuffer *out = evbuffer_new();
     if (out == NULL)
         abort();
     c->status = 200;
-    c->api->hooks.render_metrics(c->api->hooks.ctx, out);
+    render(c->api->hooks.ctx, out);
     api_common_headers(c->req);
-    evhttp_add_header(evhttp_request_get_output_headers(c->req), "Content-Type",
-                      "text/plain; version=0.0.4; charset=utf-8");
+    evhttp_add_header(evhttp_request_get_output_headers(c->req), "Content-Type", ctype);
     evhttp_send_reply(c->req, 200, NULL, out);
     evbuffer_free(out);
 }
@@ -409,8 +413,19 @@ static void api_handle(struct evhttp_request *req, void *arg)
     c.method = api_method_name(m);
     api_safe_path(path ? path : "", qpath, sizeof(qpath));
 
+    if (res == RES_JWKS && api->hooks.render_jwks == NULL)
+        res = RES_NONE;
     if (res == RES_NONE) {
         api_reply_error(&c, 404, "Not Found");
+        goto out;
+    }
+    if (res == RES_JWKS) {
+        if (m == EVHTTP_REQ_GET) {
+            api_send_text(&c, api->hooks.render_jwks, "application/json");
+        } else {
+            evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET");
+            api_reply_error(&c, 405, "Method Not Allowed");
+        }
         goto out;
     }
     if (res == RES_HEALTHZ) {
@@ -427,7 +442,8 @@ static void api_handle(struct evhttp_request *req, void *arg)
     c.ws_id = ws;
     if (res == RES_METRICS) {
         if (m == EVHTTP_REQ_GET)
-            api_metrics(&c);
+            api_send_text(&c, api->hooks.render_metrics,
+                          "text/plain; version=0.0.4; charset=utf-8");
         else {
             evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET");
             api_reply_error(&c, 405, "Method Not Allowed");

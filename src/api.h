@@ -5,6 +5,7 @@
  * Endpoints (each also served under the prefix /api, e.g. /api/v2/sandboxes/boxes):
  *   GET    /healthz                                   200 {"status": "ok"}, no key needed
  *   GET    /metrics                                   Prometheus text; needs any workspace key
+ *   GET    /.well-known/jwks.json                     callback-signing keys (api_hooks), no key
  *   POST   /v2/sandboxes/boxes                        create a box             201
  *   GET    /v2/sandboxes/boxes                        {"sandboxes": [...]}
  *   GET    /v2/sandboxes/boxes/{name}                 one box
@@ -97,6 +98,9 @@ struct api_hooks {
     /* The explicit proxy's "host:port" as sandboxes reach it, for the "proxy_url" of a create
      * response (http://<box name>:<token>@<proxy_address>). NULL: no proxy_url. */
     const char *proxy_address;
+    /* Appends the JWKS document ({"keys": [...]}) of the callback-signing keys for
+     * GET /.well-known/jwks.json (SPEC §4; public, no key needed). NULL: that path is a 404. */
+    void (*render_jwks)(void *ctx, struct evbuffer *out);
     /* Base URL under which a box's data plane is served ("<base>/<box id>", SDK field
      * dataplane_url). NULL while no sandbox runtime serves it: dataplane_url is null. */
     const char *dataplane_base;
