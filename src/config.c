@@ -212,6 +212,7 @@ static struct config *config_parse_internal(const char *text, size_t len, const 
         *holds_secrets = json_object_size(v) > 0;
         config_secrets_parse(v, secrets, &local);
     }
+    c->has_proxy_config = json_object_get(root, "proxy_config") != NULL;
     c->policy = policy_compile(json_object_get(root, "proxy_config"), &src, "proxy_config", version,
                                &local);
 

@@ -34,6 +34,8 @@ struct config_limits {
 
 struct config {
     struct policy *policy; /* one reference, owned */
+    bool has_proxy_config; /* the file has a "proxy_config" (else policy is empty and clients
+                              without a sandbox credential are refused) */
     struct dns_remap_entry *remaps;
     size_t n_remaps;
     char *upstream_ca_file; /* NULL if unset; as written in the file (relative to the cwd) */

@@ -37,6 +37,7 @@
 #include "log.h"
 #include "policy.h"
 #include "registry.h"
+#include "store.h"
 #include "tls_mitm.h"
 #include "upstream.h"
 #include "util.h"
@@ -765,8 +766,11 @@ static bool host_header_agrees(const struct http1_request *req, const char *host
 }
 
 /* Reads the explicit-proxy identity from Proxy-Authorization: Basic base64(name:token). Only
- * the token identifies the sandbox (the name is for humans and logs). A present but malformed
- * header still counts as an identity, one that matches no sandbox (407), never as anonymous. */
+ * the token identifies the sandbox (the name is for humans and logs). A token with authproxy's
+ * prefix ("apt_") is a sandbox credential: if it matches no sandbox (wrong, or its sandbox was
+ * deleted) the request gets 407, never the anonymous policy. Any other credential (a client
+ * whose proxy URL carries its own user:pass) is treated as anonymous. A malformed Basic value
+ * counts as an unknown sandbox credential. */
 static void read_identity(struct conn *c, const struct http1_request *req)
 {
     const struct http1_header *h =
@@ -796,10 +800,12 @@ static void read_identity(struct conn *c, const struct http1_request *req)
         len--;
     }
     unsigned char *colon = memchr(decoded, ':', (size_t)n);
-    if (colon != NULL) {
-        size_t tlen = (size_t)n - (size_t)(colon + 1 - decoded);
+    size_t tlen = colon ? (size_t)n - (size_t)(colon + 1 - decoded) : 0;
+    size_t plen = strlen(STORE_PROXY_TOKEN_PREFIX);
+    if (colon != NULL && tlen >= plen && memcmp(colon + 1, STORE_PROXY_TOKEN_PREFIX, plen) == 0)
         SHA256(colon + 1, tlen, c->token_hash);
-    }
+    else
+        c->has_identity = false; /* not an authproxy sandbox credential: anonymous */
     secure_zero(decoded, sizeof(decoded));
 }
 
@@ -814,11 +820,6 @@ static const struct policy *select_policy(const struct conn *c, const struct sna
     *box = NULL;
     if (c->has_identity) {
         *box = registry_find(snap->registry, c->token_hash);
-        if (*box == NULL && snap->base->from_file) {
-            /* Not a sandbox credential (a client whose proxy URL carries its own user:pass):
-             * it gets what any anonymous client gets, no more. */
-            return snap->config->policy;
-        }
         if (*box == NULL) {
             *status = 407;
             *why = "proxy authentication required: unknown sandbox credential";
@@ -831,7 +832,7 @@ static const struct policy *select_policy(const struct conn *c, const struct sna
         }
         return (*box)->policy;
     }
-    if (snap->base->from_file)
+    if (snap->base->anonymous_allowed)
         return snap->config->policy;
     *status = 407;
     *why = "proxy authentication required: use the sandbox's proxy credential";
@@ -873,6 +874,13 @@ static void handle_connect(struct conn *c, const struct http1_request *req, size
                      refuse_status);
         c->tunnel_start_us = 0;
         respond_and_close(c, refuse_status, why);
+        return;
+    }
+    if (upstream_is_self_literal(c->w->shared, c->tunnel_host, c->tunnel_port)) {
+        const char *body = "denied: the destination is authproxy itself";
+        tunnel_audit(c, "denied", "self", body, 403);
+        c->tunnel_start_us = 0;
+        respond_and_close(c, 403, body);
         return;
     }
     struct policy_host_decision d;

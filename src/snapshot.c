@@ -16,7 +16,7 @@ struct snapshot_base *snapshot_base_new(struct config *config, bool from_file, c
     atomic_init(&b->refs, 1);
     b->config = config;
     b->upstream_tls = tls;
-    b->from_file = from_file;
+    b->anonymous_allowed = from_file && config->has_proxy_config;
     return b;
 }
 

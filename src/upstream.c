@@ -235,6 +235,21 @@ static bool is_self(const struct serve_shared *sh, const struct sockaddr *dst)
     return false;
 }
 
+bool upstream_is_self_literal(const struct serve_shared *sh, const char *host, uint16_t port)
+{
+    struct evutil_addrinfo hints, *res = NULL;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_flags = EVUTIL_AI_NUMERICHOST;
+    hints.ai_socktype = SOCK_STREAM;
+    char p[8];
+    snprintf(p, sizeof(p), "%u", port);
+    if (evutil_getaddrinfo(host, p, &hints, &res) != 0 || res == NULL)
+        return false;
+    bool self = is_self(sh, res->ai_addr);
+    evutil_freeaddrinfo(res);
+    return self;
+}
+
 /* Tries the next resolved address; reports a connect failure when none is left. */
 static void uc_try_next(struct upstream_connect *uc)
 {

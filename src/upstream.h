@@ -53,6 +53,10 @@ struct upstream_connect *upstream_connect_start(struct worker *w, struct snapsho
 /* Abandons an attempt; cb will not be called. */
 void upstream_connect_cancel(struct upstream_connect *uc);
 
+/* True if host (an IP literal, normalised) and port name one of authproxy's own listeners.
+ * Names are checked after resolution, when connecting. */
+bool upstream_is_self_literal(const struct serve_shared *sh, const char *host, uint16_t port);
+
 /* Takes an idle pooled connection for (tls, host, port), or NULL. */
 struct upstream *upstream_pool_take(struct worker *w, const char *host, uint16_t port, bool tls);
 /* Returns a connection to the pool (after a complete response with keep-alive) or frees it. */
