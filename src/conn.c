@@ -859,8 +859,8 @@ static void handle_connect(struct conn *c, const struct http1_request *req, size
         respond_and_close(c, 400, "bad request: CONNECT needs host:port");
         return;
     }
+    read_identity(c, req); /* req points into the input buffer: read it before draining */
     evbuffer_drain(in, head_len);
-    read_identity(c, req);
     const struct registry_box *box;
     int refuse_status = 0;
     const char *why = NULL;
