@@ -294,3 +294,86 @@ def client_env(home):
     env["GIT_CONFIG_NOSYSTEM"] = "1"
     env["GIT_TERMINAL_PROMPT"] = "0"
     return env
+
+
+# -- control plane (issue 3): fixtures of tests/e2e/test_control_*.py ---------------------------
+
+@pytest.fixture(scope="session")
+def provider_leaf(pki):
+    """A leaf of the test root for the provider names the seed examples use (api.openai.com,
+    github.com, ...); origins behind them are reached only through dns_remap."""
+    from helpers.control import PROVIDER_NAMES
+    return pki.root.issue("providers", PROVIDER_NAMES)
+
+
+class ControlStack:
+    """Builds on Stack: origins for provider names and daemons with the control API. Daemons go
+    into stack.daemons, so the exit-status, sanitizer and secret-leak checks apply to them."""
+
+    def __init__(self, stack, provider_leaf):
+        self.stack = stack
+        self.leaf = provider_leaf
+
+    def origin(self, *names):
+        o = Origin(self.leaf[0], self.leaf[1], name=names[0])
+        self.stack.servers.append(o)
+        for n in names:
+            self.stack.remaps[n] = "127.0.0.1:%d" % o.port
+        return o
+
+    def start(self, with_config=True, workers=2, env=None):
+        """A daemon with its control API. with_config: a --config file holding only dns_remap,
+        upstream_ca_file and an empty proxy_config (requests without a box credential use it);
+        without it, such requests get 407."""
+        from helpers.control import ControlDaemon
+        cfg = self.stack.config() if with_config else None
+        d = ControlDaemon(self.stack.binary,
+                          os.path.join(self.stack.tmp, "control%d" % len(self.stack.daemons)),
+                          self.stack.dns.addr, cfg, workers=workers, env=env)
+        self.stack.daemons.append(d)
+        d.start()
+        SESSION_SECRETS.add(d.bootstrap_key())
+        self.stack.ca = d.ca_path()
+        return d
+
+    @property
+    def ca(self):
+        return self.stack.ca
+
+    @staticmethod
+    def secret(prefix="sk-e2e"):
+        return Stack.secret(prefix)
+
+    @staticmethod
+    def credential(created):
+        """The box credential of a create response; its token joins the leak scan."""
+        from helpers.control import Credential
+        cred = Credential.of(created)
+        SESSION_SECRETS.add(cred.token)
+        return cred
+
+    @staticmethod
+    def api_key(key):
+        SESSION_SECRETS.add(key)
+        return key
+
+
+@pytest.fixture
+def ctl(stack, provider_leaf):
+    return ControlStack(stack, provider_leaf)
+
+
+@pytest.fixture(scope="session")
+def sdk_dir():
+    """tests/e2e/sdk with its pinned langsmith installed (npm install once per session)."""
+    d = os.path.join(os.path.dirname(__file__), "sdk")
+    try:
+        p = subprocess.run(["npm", "install", "--no-audit", "--no-fund"], cwd=d,
+                           capture_output=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        pytest.fail("npm install in %s failed: %r" % (d, e), pytrace=False)
+    if p.returncode != 0:
+        pytest.fail("npm install in %s failed (%d):\n%s" % (d, p.returncode,
+                                                            p.stderr.decode()[-4000:]),
+                    pytrace=False)
+    return d
