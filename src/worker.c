@@ -96,7 +96,9 @@ struct worker *worker_new(int index, const struct serve_shared *shared, int prox
     atomic_init(&w->applied_version, snap->version);
 
     w->base = event_base_new();
-    if (w->base == NULL) {
+    /* Two priorities: a new snapshot (the wakeup, priority 0) is taken before any queued I/O
+     * callback, so a control-plane write is not held up by a busy loop. */
+    if (w->base == NULL || event_base_priority_init(w->base, 2) != 0) {
         snprintf(err, err_len, "cannot create event base");
         goto fail;
     }
@@ -115,6 +117,7 @@ struct worker *worker_new(int index, const struct serve_shared *shared, int prox
     evdns_base_set_option(w->dns, "timeout:", "3");
     evdns_base_set_option(w->dns, "attempts:", "2");
     w->wakeup = event_new(w->base, -1, EV_PERSIST, wakeup_cb, w);
+    event_priority_set(w->wakeup, 0);
     event_add(w->wakeup, NULL);
     if (proxy_fd != -1) {
         w->proxy_listener = evconnlistener_new(w->base, accept_cb, w, LEV_OPT_CLOSE_ON_EXEC, -1,
