@@ -12,7 +12,7 @@
 # directory under build/, so both can exist side by side.
 
 BUILD    ?= release
-PKGS     := openssl libevent libevent_openssl libevent_pthreads jansson sqlite3
+PKGS     := openssl libevent libevent_openssl libevent_pthreads jansson sqlite3 libnftables
 CC       ?= cc
 PYTHON   := /usr/bin/python3
 
