@@ -2,7 +2,8 @@
 #
 #   make            build build/authproxy
 #   make run        install missing packages, build, start with the embedded defaults
-#   make test       install missing packages, build, run unit + e2e tests, then again under ASan+UBSan
+#   make test       install missing packages, build, run unit + e2e tests, then again under ASan+UBSan,
+#                   then a short run of every fuzz harness
 #   make unit       unit tests only (cmocka)
 #   make e2e        end-to-end tests only (pytest, real daemon)
 #   make fuzz       run each libFuzzer harness for FUZZ_SECONDS
@@ -81,9 +82,12 @@ test-release:
 test-asan:
 	@$(MAKE) --no-print-directory BUILD=asan unit e2e
 
+# The fuzz step is a short smoke run of every harness (FUZZ_SECONDS each): it proves they build
+# and catches shallow regressions; long campaigns are `make fuzz FUZZ_SECONDS=...`.
 test: deps
 	@$(MAKE) --no-print-directory test-release
 	@$(MAKE) --no-print-directory test-asan
+	@FUZZ_SECONDS=$${FUZZ_SECONDS:-10} scripts/run-fuzz.sh
 
 fuzz:
 	@scripts/run-fuzz.sh
