@@ -38,6 +38,12 @@ Try, in another shell:
   tail -f var/authproxy/audit.log
       # one JSON line per request: decision, rule, injected header names (never values)
 
+The control API listens on 127.0.0.1:8081; the default workspace's API key is written to
+$STATE/bootstrap.key at first start:
+
+  curl -H "x-api-key: \$(cat $STATE/bootstrap.key)" http://127.0.0.1:8081/v2/sandboxes/boxes
+      # see README.md for secrets, sandboxes and their proxy credentials
+
 Edit examples/demo.json and send SIGHUP (kill -HUP \$(pgrep -f 'authproxy serve')) to reload.
 Ctrl-C stops everything.
 
