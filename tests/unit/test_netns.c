@@ -4,7 +4,9 @@
  * nftables NAT; without them every kernel test is skipped with a message. They use their own
  * name prefixes ("aptest", "at") and pool (10.213.0.0/16), so they never touch a running
  * authproxy's sandboxes, and nothing they send leaves the machine: every address the sandbox
- * dials is DNATed to the host end, or dropped, before routing. */
+ * dials is DNATed to the host end, or dropped, before routing. Two runs of this binary at the
+ * same time would interfere (each reconciles the "aptest" objects); `make test` runs the release
+ * and asan flavours one after the other. */
 #include "netns.h"
 
 #include "util.h"
