@@ -334,7 +334,9 @@ static void enter_read_head(struct conn *c)
     arm_timer(c, conn_limits(c)->idle_timeout_ms);
     bufferevent_setwatermark(c->client, EV_WRITE, 0, 0);
     bufferevent_setcb(c->client, client_read_cb, NULL, client_event_cb, c);
-    bufferevent_enable(c->client, EV_READ | EV_WRITE);
+    /* EV_READ only: enabling EV_WRITE adds the write event even with nothing to write (an
+     * epoll_ctl and a wake-up per request); bufferevents arm it themselves when data is queued. */
+    bufferevent_enable(c->client, EV_READ);
 }
 
 /* ---------------------------------------------------------------- relaying */
@@ -457,7 +459,7 @@ static void start_forwarding(struct conn *c)
     unsigned idle = conn_limits(c)->idle_timeout_ms;
     struct timeval tv = {.tv_sec = idle / 1000, .tv_usec = (idle % 1000) * 1000};
     bufferevent_set_timeouts(c->up->bev, &tv, NULL);
-    bufferevent_enable(c->up->bev, EV_READ | EV_WRITE);
+    bufferevent_enable(c->up->bev, EV_READ);
     bufferevent_write_buffer(c->up->bev, r->head_out);
     evbuffer_free(r->head_out);
     r->head_out = NULL;
@@ -1163,12 +1165,14 @@ static void handle_request_head(struct conn *c)
         r->decision = "bypassed";
 
     c->state = CONN_UPSTREAM_CONNECTING;
-    bufferevent_disable(c->client, EV_READ);
     c->up = upstream_pool_take(c->w, r->host, r->port, r->upstream_tls);
     if (c->up != NULL) {
         start_forwarding(c);
         goto out;
     }
+    /* Stop reading the client while we connect, so its body cannot pile up in memory.
+     * (Not on the pooled path above: each enable/disable costs an epoll_ctl.) */
+    bufferevent_disable(c->client, EV_READ);
     c->connecting = upstream_connect_start(c->w, r->snap, r->host, r->port, r->upstream_tls,
                                            on_upstream_connected, c);
 out:
