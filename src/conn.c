@@ -18,6 +18,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <linux/netfilter_ipv4.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +33,7 @@
 #include <openssl/sha.h>
 
 #include "audit.h"
+#include "clienthello.h"
 #include "glob.h"
 #include "http1.h"
 #include "log.h"
@@ -123,6 +125,12 @@ struct conn {
     uint8_t token_hash[REGISTRY_HASH_LEN];
     char *tunnel_sandbox;   /* for tunnel audit lines: sandbox name and workspace, owned */
     char *tunnel_workspace;
+    /* Transparent capture: the sandbox dialled orig_ip:tunnel_port; TCP was redirected here. */
+    bool transparent;
+    bool transparent_http; /* plain HTTP: the name comes from each request's Host */
+    char orig_ip[INET_ADDRSTRLEN];
+    struct event *repeek_timer; /* ClientHello not complete yet: look again shortly */
+    uint64_t peek_deadline_us;
 };
 
 static void conn_close(struct conn *c);
@@ -226,6 +234,8 @@ static void conn_close(struct conn *c)
         event_free(c->timer);
     if (c->peek_ev)
         event_free(c->peek_ev);
+    if (c->repeek_timer)
+        event_free(c->repeek_timer);
     if (c->client)
         bufferevent_free(c->client); /* a TLS/plain bufferevent made after CONNECT owns the fd */
     if (c->fd != -1)
@@ -478,7 +488,10 @@ static void on_upstream_connected(struct upstream *u, enum upstream_error err, c
         if (c->state == CONN_TUNNEL_CONNECTING) {
             tunnel_audit(c, "denied", "self", body, 403);
             c->tunnel_start_us = 0;
-            respond_and_close(c, 403, body);
+            if (c->transparent)
+                conn_close(c);
+            else
+                respond_and_close(c, 403, body);
         } else {
             refuse(c, 403, "denied", "self", body);
         }
@@ -500,7 +513,10 @@ static void on_upstream_connected(struct upstream *u, enum upstream_error err, c
         if (c->state == CONN_TUNNEL_CONNECTING) {
             tunnel_audit(c, "error", "no_proxy", bodies[err], 502);
             c->tunnel_start_us = 0;
-            respond_and_close(c, 502, body);
+            if (c->transparent)
+                conn_close(c); /* nothing HTTP to answer on a raw tunnel: close */
+            else
+                respond_and_close(c, 502, body);
             return;
         }
         c->req->error = bodies[err];
@@ -509,9 +525,10 @@ static void on_upstream_connected(struct upstream *u, enum upstream_error err, c
     }
     c->up = u;
     if (c->state == CONN_TUNNEL_CONNECTING) {
-        /* no_proxy: confirm the CONNECT and relay bytes untouched. */
-        evbuffer_add_printf(bufferevent_get_output(c->client),
-                            "HTTP/1.1 200 Connection established\r\n\r\n");
+        /* no_proxy: confirm the CONNECT (explicit port only) and relay bytes untouched. */
+        if (!c->transparent)
+            evbuffer_add_printf(bufferevent_get_output(c->client),
+                                "HTTP/1.1 200 Connection established\r\n\r\n");
         c->state = CONN_TUNNEL;
         unsigned idle = conn_limits(c)->idle_timeout_ms;
         struct timeval tv = {.tv_sec = idle / 1000, .tv_usec = (idle % 1000) * 1000};
@@ -1034,6 +1051,17 @@ static void handle_request_head(struct conn *c)
     uint16_t abs_port = 0;
     bool absolute = parse_absolute_target(req->target, req->target_len, &tls, abs_host, &abs_port,
                                           &origin, &origin_len);
+    if (c->transparent_http && c->tunnel_host[0] == '\0') {
+        /* Transparent plain HTTP: the connection's name is the first request's Host (the port
+         * is the one the sandbox dialled); later requests must agree with it (421 otherwise). */
+        uint16_t hp = 0;
+        if (req->host == NULL || host_normalize(req->host->value, req->host->value_len,
+                                                c->tunnel_host, sizeof(c->tunnel_host), &hp) != 0) {
+            c->tunnel_host[0] = '\0';
+            refuse(c, 400, "denied", "http_parser", "bad request: a valid Host is required");
+            goto out;
+        }
+    }
     if (c->in_tunnel) {
         snprintf(r->host, sizeof(r->host), "%s", c->tunnel_host);
         r->port = c->tunnel_port;
@@ -1268,10 +1296,162 @@ static void client_event_cb(struct bufferevent *bev, short events, void *arg)
     conn_close(c);
 }
 
-void conn_accept_explicit(struct worker *w, int fd, const struct sockaddr *peer, int peer_len)
+/* ---------------------------------------------------------------- transparent capture */
+
+/* Refuses a transparently captured connection before any HTTP is spoken: audit, then close
+ * (SPEC §3: on the transparent path a refusal closes the connection). */
+static void transparent_refuse(struct conn *c, const char *decision, const char *decided_by,
+                               const char *why)
+{
+    tunnel_audit(c, decision, decided_by, why, 0);
+    c->tunnel_start_us = 0;
+    conn_close(c);
+}
+
+/* Opens an untouched byte tunnel to tunnel_host:tunnel_port (no_proxy). */
+static void transparent_bypass(struct conn *c)
+{
+    c->client = bufferevent_socket_new(c->w->base, c->fd,
+                                       BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+    if (c->client == NULL) {
+        conn_close(c);
+        return;
+    }
+    c->fd = -1;
+    bufferevent_disable(c->client, EV_READ);
+    c->state = CONN_TUNNEL_CONNECTING;
+    c->connecting = upstream_connect_start(c->w, c->w->current, c->tunnel_host, c->tunnel_port,
+                                           false, on_upstream_connected, c);
+}
+
+/* Decides what to do with a captured connection once its first bytes are known. */
+static void transparent_dispatch(struct conn *c, const uint8_t *buf, size_t len)
+{
+    struct clienthello_info hello;
+    int rc = clienthello_parse(buf, len, &hello);
+    const struct registry_box *box;
+    int refuse_status = 0;
+    const char *why = NULL;
+    const struct policy *pol = select_policy(c, c->w->current, &box, &refuse_status, &why);
+
+    if (rc == CLIENTHELLO_NEED_MORE) {
+        if (monotonic_us() > c->peek_deadline_us) {
+            transparent_refuse(c, "error", NULL, "incomplete TLS ClientHello");
+            return;
+        }
+        struct timeval tv = {0, 5000};
+        evtimer_add(c->repeek_timer, &tv);
+        return;
+    }
+    if (pol == NULL) {
+        transparent_refuse(c, "denied", "proxy_auth", why);
+        return;
+    }
+    if (rc == CLIENTHELLO_INVALID) {
+        transparent_refuse(c, "denied", "tls_parser", hello.error);
+        return;
+    }
+    if (rc == CLIENTHELLO_OK) {
+        /* The name is the SNI; without one, the address the sandbox dialled. */
+        snprintf(c->tunnel_host, sizeof(c->tunnel_host), "%s",
+                 hello.has_sni ? hello.sni : c->orig_ip);
+        struct policy_host_decision d;
+        policy_decide_host(pol, c->tunnel_host, &d);
+        if (d.verdict == POLICY_HOST_DENY) {
+            char body[64];
+            snprintf(body, sizeof(body), "denied by %s", d.decided_by);
+            transparent_refuse(c, "denied", d.decided_by, body);
+            return;
+        }
+        if (d.verdict == POLICY_HOST_BYPASS) {
+            transparent_bypass(c);
+            return;
+        }
+        c->tunnel_start_us = 0;
+        c->in_tunnel = true;
+        SSL *ssl = tls_mitm_new_server_ssl(c->w->shared->mitm, c->tunnel_host);
+        if (ssl == NULL) {
+            conn_close(c);
+            return;
+        }
+        c->client = bufferevent_openssl_socket_new(c->w->base, c->fd, ssl,
+                                                   BUFFEREVENT_SSL_ACCEPTING,
+                                                   BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+        if (c->client == NULL) {
+            SSL_free(ssl);
+            conn_close(c);
+            return;
+        }
+        c->fd = -1;
+        bufferevent_openssl_set_allow_dirty_shutdown(c->client, 1);
+        c->state = CONN_CLIENT_HANDSHAKE;
+        arm_timer(c, conn_limits(c)->header_timeout_ms);
+        bufferevent_setcb(c->client, client_read_cb, NULL, client_tls_event_cb, c);
+        bufferevent_enable(c->client, EV_READ | EV_WRITE);
+        return;
+    }
+    /* Not TLS. An HTTP request starts with a method token (upper-case letters). */
+    if (buf[0] >= 'A' && buf[0] <= 'Z') {
+        c->tunnel_start_us = 0;
+        c->in_tunnel = true;
+        c->tunnel_tls = false;
+        c->transparent_http = true;
+        c->tunnel_host[0] = '\0';
+        c->client = bufferevent_socket_new(c->w->base, c->fd,
+                                           BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+        if (c->client == NULL) {
+            conn_close(c);
+            return;
+        }
+        c->fd = -1;
+        enter_read_head(c);
+        return;
+    }
+    /* Another protocol: only a no_proxy destination (by the address dialled) may pass. */
+    snprintf(c->tunnel_host, sizeof(c->tunnel_host), "%s", c->orig_ip);
+    struct policy_host_decision d;
+    policy_decide_host(pol, c->tunnel_host, &d);
+    if (d.verdict != POLICY_HOST_BYPASS) {
+        transparent_refuse(c, "denied", d.verdict == POLICY_HOST_DENY ? d.decided_by : "protocol",
+                           "neither TLS nor HTTP, and the destination is not in no_proxy");
+        return;
+    }
+    transparent_bypass(c);
+}
+
+/* The first bytes of a captured connection are peeked (not consumed): the TLS or plain
+ * bufferevent chosen afterwards reads the stream from its start. */
+static void transparent_peek_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct conn *c = arg;
+    uint8_t buf[16384];
+    (void)what;
+    ssize_t n = recv(fd, buf, sizeof(buf), MSG_PEEK);
+    if (n == -1 && (errno == EAGAIN || errno == EINTR)) {
+        event_add(c->peek_ev, NULL);
+        return;
+    }
+    if (n <= 0) {
+        conn_close(c);
+        return;
+    }
+    transparent_dispatch(c, buf, (size_t)n);
+}
+
+/* Re-peek after a short wait: a ClientHello split across segments. Waiting on readability
+ * instead would spin, since peeked bytes keep the socket readable. */
+static void transparent_repeek_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct conn *c = arg;
+    (void)fd;
+    (void)what;
+    event_add(c->peek_ev, NULL);
+}
+
+/* Sets up the parts of a conn shared by both listeners. */
+static struct conn *conn_new(struct worker *w, int fd, const struct sockaddr *peer)
 {
     struct conn *c = xcalloc(1, sizeof(*c));
-    (void)peer_len;
     c->w = w;
     c->fd = fd;
     char ip[INET6_ADDRSTRLEN] = "?";
@@ -1292,6 +1472,47 @@ void conn_accept_explicit(struct worker *w, int fd, const struct sockaddr *peer,
     w->n_conns++;
     metrics_connection_delta(&w->metrics, 1);
     c->timer = evtimer_new(w->base, conn_timer_cb, c);
+    return c;
+}
+
+void conn_accept_transparent(struct worker *w, int fd, const struct sockaddr *peer, int peer_len)
+{
+    (void)peer_len;
+    struct conn *c = conn_new(w, fd, peer);
+    c->transparent = true;
+    c->tunnel_start_us = monotonic_us();
+    struct sockaddr_in orig;
+    socklen_t olen = sizeof(orig);
+    if (peer->sa_family != AF_INET || w->shared->is_sandbox_peer == NULL ||
+        !w->shared->is_sandbox_peer(w->shared->sandbox_ctx,
+                                    ((const struct sockaddr_in *)peer)->sin_addr)) {
+        /* Only sandboxes reach this port through their capture rules. */
+        conn_close(c);
+        return;
+    }
+    if (getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, &orig, &olen) == -1) {
+        log_warn("transparent: %s: no original destination: %s", c->peer, strerror(errno));
+        conn_close(c);
+        return;
+    }
+    inet_ntop(AF_INET, &orig.sin_addr, c->orig_ip, sizeof(c->orig_ip));
+    snprintf(c->tunnel_host, sizeof(c->tunnel_host), "%s", c->orig_ip);
+    c->tunnel_port = ntohs(orig.sin_port);
+    if (upstream_is_self_literal(w->shared, c->orig_ip, c->tunnel_port)) {
+        transparent_refuse(c, "denied", "self", "the destination is authproxy itself");
+        return;
+    }
+    c->peek_deadline_us = monotonic_us() + (uint64_t)conn_limits(c)->header_timeout_ms * 1000;
+    arm_timer(c, conn_limits(c)->header_timeout_ms);
+    c->peek_ev = event_new(w->base, fd, EV_READ, transparent_peek_cb, c);
+    c->repeek_timer = evtimer_new(w->base, transparent_repeek_cb, c);
+    event_add(c->peek_ev, NULL);
+}
+
+void conn_accept_explicit(struct worker *w, int fd, const struct sockaddr *peer, int peer_len)
+{
+    (void)peer_len;
+    struct conn *c = conn_new(w, fd, peer);
     /* No BEV_OPT_CLOSE_ON_FREE: after a CONNECT the socket moves to a TLS bufferevent. */
     c->client = bufferevent_socket_new(w->base, fd, BEV_OPT_DEFER_CALLBACKS);
     if (c->client == NULL) {

@@ -13,6 +13,11 @@
 /* Takes ownership of the accepted socket fd on the explicit proxy port. */
 void conn_accept_explicit(struct worker *w, int fd, const struct sockaddr *peer, int peer_len);
 
+/* Takes ownership of a socket accepted on the transparent port: a sandbox's TCP connection,
+ * redirected by its capture rules. The original destination comes from SO_ORIGINAL_DST, the
+ * name from the TLS SNI or the HTTP Host; peers that are not sandboxes are closed. */
+void conn_accept_transparent(struct worker *w, int fd, const struct sockaddr *peer, int peer_len);
+
 /* Closes every connection of w that is between requests (the worker drains for shutdown;
  * busy connections close when their exchange ends, because w->draining is set). */
 void conn_close_idle(struct worker *w);

@@ -70,10 +70,10 @@ static int cmd_serve(int argc, char **argv)
         case 'a': opt.audit_path = optarg; break;
         case 'u': opt.upstream_dns = optarg; break;
         case 'v': log_set_level(LOG_DEBUG); break;
-        case 't':
+        case 't': opt.listen_transparent = optarg; break;
         case 'd':
-            fprintf(stderr, "authproxy: --%s needs the sandbox support, which is not built yet\n",
-                    ch == 't' ? "listen-transparent" : "listen-dns");
+            fprintf(stderr, "authproxy: --listen-dns needs the sandbox resolver, which is not "
+                            "built yet\n");
             return 2;
         case 'w': {
             char *end;

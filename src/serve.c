@@ -22,6 +22,7 @@
 #include "config.h"
 #include "control.h"
 #include "log.h"
+#include "netns.h"
 #include "metrics.h"
 #include "snapshot.h"
 #include "tls_mitm.h"
@@ -45,9 +46,16 @@ struct server {
     struct registry *registry;       /* reference: the sandboxes part (NULL before control) */
     struct snapshot *current;        /* reference: what the workers were last given */
     uint64_t next_version;
-    struct control *control;
+    struct control *control; /* NULL without a control API (sandbox run) */
     struct api *api;
     struct event *sync_timer;
+    struct event *sig_events[3];
+    struct event *stop_event; /* server_stop from another thread */
+    int proxy_fd;
+    int transparent_fd;
+    uint16_t transparent_port;
+    struct netns_pool *netns_pool; /* with a transparent listener: whose peers are sandboxes */
+    char *audit_default;
 };
 
 /* Opens a listening TCP socket on "addr:port". Returns the fd or -1 with a message in err. */
@@ -185,14 +193,71 @@ static void render_metrics(void *ctx, struct evbuffer *out)
     metrics_render(out, blocks, (size_t)s->n_workers, &g);
 }
 
-int serve_run(const struct serve_options *opt)
+static bool is_sandbox_peer(void *ctx, struct in_addr addr)
 {
-    struct server s = {.opt = opt, .next_version = 1};
-    int status = 1;
-    int proxy_fd = -1;
-    struct event *sig_events[3] = {NULL, NULL, NULL};
-    char *audit_default = NULL;
+    return netns_pool_contains(ctx, addr);
+}
+
+static void stop_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct server *s = arg;
+    (void)fd;
+    (void)what;
+    event_base_loopbreak(s->base);
+}
+
+/* The port a listening socket is bound to (after asking for port 0). */
+static uint16_t bound_port(int fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) == -1)
+        return 0;
+    return ntohs(ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
+                                         : ((struct sockaddr_in6 *)&ss)->sin6_port);
+}
+
+void server_free(struct server *s)
+{
+    if (s == NULL)
+        return;
+    for (int i = 0; i < s->n_workers; i++)
+        worker_stop(s->workers[i]);
+    for (int i = 0; i < s->n_workers; i++)
+        worker_join_and_free(s->workers[i]);
+    for (int i = 0; i < 3; i++)
+        if (s->sig_events[i])
+            event_free(s->sig_events[i]);
+    if (s->stop_event)
+        event_free(s->stop_event);
+    if (s->sync_timer)
+        event_free(s->sync_timer);
+    api_free(s->api);
+    if (s->base)
+        event_base_free(s->base);
+    if (s->proxy_fd != -1)
+        close(s->proxy_fd);
+    if (s->transparent_fd != -1)
+        close(s->transparent_fd);
+    free(s->audit_default);
+    audit_close(s->shared.audit);
+    tls_mitm_free(s->shared.mitm);
+    snapshot_unref(s->current);
+    registry_unref(s->registry);
+    snapshot_base_unref(s->snap_base);
+    control_close(s->control);
+    netns_pool_free(s->netns_pool);
+    free(s);
+}
+
+struct server *server_start(const struct serve_options *opt)
+{
+    struct server *s = xcalloc(1, sizeof(*s));
     char err[512];
+    s->opt = opt;
+    s->next_version = 1;
+    s->proxy_fd = -1;
+    s->transparent_fd = -1;
 
     /* Secrets live in this process's memory: keep them out of core dumps and away from
      * ptrace by other users. */
@@ -200,111 +265,155 @@ int serve_run(const struct serve_options *opt)
     signal(SIGPIPE, SIG_IGN);
     evthread_use_pthreads();
 
-    s.snap_base = load_base(&s);
-    if (s.snap_base == NULL)
-        goto out;
-    s.shared.mitm = tls_mitm_open(opt->state_dir, 0, err, sizeof(err));
-    if (s.shared.mitm == NULL) {
+    s->snap_base = load_base(s);
+    if (s->snap_base == NULL)
+        goto fail;
+    s->shared.mitm = tls_mitm_open(opt->state_dir, 0, err, sizeof(err));
+    if (s->shared.mitm == NULL) {
         log_error("interception CA: %s", err);
-        goto out;
+        goto fail;
     }
-    s.control = control_open(opt->state_dir, err, sizeof(err));
-    if (s.control == NULL) {
-        log_error("control plane: %s", err);
-        goto out;
+    if (opt->listen_control != NULL) {
+        s->control = control_open(opt->state_dir, err, sizeof(err));
+        if (s->control == NULL) {
+            log_error("control plane: %s", err);
+            goto fail;
+        }
+        control_set_publisher(s->control, publish_registry, s);
+        if (control_publish(s->control) != 0) /* no workers yet: only records the registry */
+            goto fail;
     }
-    control_set_publisher(s.control, publish_registry, &s);
-    if (control_publish(s.control) != 0) /* n_workers == 0: only records the registry */
-        goto out;
-    s.current = snapshot_new(s.next_version++, s.snap_base, s.registry);
+    s->current = snapshot_new(s->next_version++, s->snap_base, s->registry);
 
     const char *audit_path = opt->audit_path;
     if (audit_path == NULL)
-        audit_path = audit_default = xasprintf("%s/audit.log", opt->state_dir);
-    s.shared.audit = audit_open(audit_path);
-    if (s.shared.audit == NULL) {
+        audit_path = s->audit_default = xasprintf("%s/audit.log", opt->state_dir);
+    s->shared.audit = audit_open(audit_path);
+    if (s->shared.audit == NULL) {
         log_error("cannot open audit log %s: %s", audit_path, strerror(errno));
-        goto out;
+        goto fail;
     }
-    s.shared.upstream_dns = opt->upstream_dns;
+    s->shared.upstream_dns = opt->upstream_dns;
 
-    proxy_fd = listen_on(opt->listen_proxy, err, sizeof(err));
-    if (proxy_fd == -1) {
+    s->proxy_fd = listen_on(opt->listen_proxy, err, sizeof(err));
+    if (s->proxy_fd == -1) {
         log_error("%s", err);
-        goto out;
+        goto fail;
     }
-    s.base = event_base_new();
-    if (s.base == NULL)
-        goto out;
-    struct api_hooks hooks = {
-        .render_metrics = render_metrics, .ctx = &s, .proxy_address = opt->listen_proxy};
-    s.api = api_new(s.base, s.control, opt->listen_control, &hooks, err, sizeof(err));
-    if (s.api == NULL) {
-        log_error("control API: %s", err);
-        goto out;
+    if (opt->listen_transparent != NULL) {
+        char *msg = NULL;
+        s->netns_pool = netns_pool_new(NULL, &msg);
+        if (s->netns_pool == NULL) {
+            log_error("sandbox network pool: %s", msg ? msg : "invalid");
+            free(msg);
+            goto fail;
+        }
+        s->transparent_fd = listen_on(opt->listen_transparent, err, sizeof(err));
+        if (s->transparent_fd == -1) {
+            log_error("%s", err);
+            goto fail;
+        }
+        s->transparent_port = bound_port(s->transparent_fd);
+        s->shared.is_sandbox_peer = is_sandbox_peer;
+        s->shared.sandbox_ctx = s->netns_pool;
+    }
+    s->base = event_base_new();
+    if (s->base == NULL)
+        goto fail;
+    if (s->control != NULL) {
+        struct api_hooks hooks = {
+            .render_metrics = render_metrics, .ctx = s, .proxy_address = opt->listen_proxy};
+        s->api = api_new(s->base, s->control, opt->listen_control, &hooks, err, sizeof(err));
+        if (s->api == NULL) {
+            log_error("control API: %s", err);
+            goto fail;
+        }
     }
 
     /* Our own listeners are never a destination (see upstream.c is_self). */
-    const char *selves[2] = {api_listen_address(s.api), opt->listen_proxy};
-    for (int i = 0; i < 2; i++) {
-        int len = sizeof(s.shared.self[0]);
-        if (evutil_parse_sockaddr_port(selves[i], (struct sockaddr *)&s.shared.self[s.shared.n_self],
-                                       &len) == 0)
-            s.shared.n_self++;
+    const char *selves[3] = {s->api ? api_listen_address(s->api) : NULL, opt->listen_proxy,
+                             opt->listen_transparent};
+    for (int i = 0; i < 3; i++) {
+        int len = sizeof(s->shared.self[0]);
+        if (selves[i] != NULL &&
+            parse_listen_address(selves[i], (struct sockaddr *)&s->shared.self[s->shared.n_self],
+                                 &len) == 0) {
+            if (i == 2) /* the transparent port may have been 0: record the real one */
+                ((struct sockaddr_in *)&s->shared.self[s->shared.n_self])->sin_port =
+                    htons(s->transparent_port);
+            s->shared.n_self++;
+        }
     }
 
     int n = opt->workers > 0 ? opt->workers : (int)sysconf(_SC_NPROCESSORS_ONLN);
     n = n < 1 ? 1 : (n > MAX_WORKERS ? MAX_WORKERS : n);
     for (int i = 0; i < n; i++) {
-        s.workers[i] = worker_new(i, &s.shared, proxy_fd, s.current, err, sizeof(err));
-        if (s.workers[i] == NULL || worker_start(s.workers[i]) != 0) {
-            log_error("worker %d: %s", i, s.workers[i] ? "cannot start thread" : err);
-            worker_join_and_free(s.workers[i]);
-            s.workers[i] = NULL;
-            goto stop;
+        s->workers[i] = worker_new(i, &s->shared, s->proxy_fd, s->transparent_fd, s->current, err,
+                                   sizeof(err));
+        if (s->workers[i] == NULL || worker_start(s->workers[i]) != 0) {
+            log_error("worker %d: %s", i, s->workers[i] ? "cannot start thread" : err);
+            worker_join_and_free(s->workers[i]);
+            s->workers[i] = NULL;
+            goto fail;
         }
-        s.n_workers = i + 1;
+        s->n_workers = i + 1;
     }
 
     int sigs[3] = {SIGHUP, SIGTERM, SIGINT};
     for (int i = 0; i < 3; i++) {
-        sig_events[i] = evsignal_new(s.base, sigs[i], signal_cb, &s);
-        event_add(sig_events[i], NULL);
+        s->sig_events[i] = evsignal_new(s->base, sigs[i], signal_cb, s);
+        event_add(s->sig_events[i], NULL);
     }
-    s.sync_timer = event_new(s.base, -1, EV_PERSIST, sync_cb, &s);
-    struct timeval sync_tv = {STORE_SYNC_INTERVAL_S, 0};
-    event_add(s.sync_timer, &sync_tv);
+    s->stop_event = event_new(s->base, -1, EV_PERSIST, stop_cb, s);
+    event_add(s->stop_event, NULL);
+    if (s->control != NULL) {
+        s->sync_timer = event_new(s->base, -1, EV_PERSIST, sync_cb, s);
+        struct timeval sync_tv = {STORE_SYNC_INTERVAL_S, 0};
+        event_add(s->sync_timer, &sync_tv);
+    }
     log_info("authproxy %s: proxy on %s, control API on %s, %d workers, policy version %llu, "
              "audit log %s",
-             AUTHPROXY_VERSION, opt->listen_proxy, api_listen_address(s.api), s.n_workers,
-             (unsigned long long)s.current->version, audit_path);
-    event_base_dispatch(s.base);
-    status = 0;
+             AUTHPROXY_VERSION, opt->listen_proxy, s->api ? api_listen_address(s->api) : "(none)",
+             s->n_workers, (unsigned long long)s->current->version, audit_path);
+    return s;
+fail:
+    server_free(s);
+    return NULL;
+}
 
-stop:
-    for (int i = 0; i < s.n_workers; i++)
-        worker_stop(s.workers[i]);
-    for (int i = 0; i < s.n_workers; i++)
-        worker_join_and_free(s.workers[i]);
-out:
-    for (int i = 0; i < 3; i++)
-        if (sig_events[i])
-            event_free(sig_events[i]);
-    if (s.sync_timer)
-        event_free(s.sync_timer);
-    api_free(s.api);
-    if (s.base)
-        event_base_free(s.base);
-    if (proxy_fd != -1)
-        close(proxy_fd);
-    free(audit_default);
-    audit_close(s.shared.audit);
-    tls_mitm_free(s.shared.mitm);
-    snapshot_unref(s.current);
-    registry_unref(s.registry);
-    snapshot_base_unref(s.snap_base);
-    control_close(s.control);
-    if (status == 0)
-        log_info("stopped");
-    return status;
+int server_run(struct server *s)
+{
+    event_base_dispatch(s->base);
+    return 0;
+}
+
+void server_stop(struct server *s)
+{
+    event_active(s->stop_event, EV_READ, 0);
+}
+
+uint16_t server_transparent_port(const struct server *s)
+{
+    return s->transparent_port;
+}
+
+struct netns_pool *server_netns_pool(struct server *s)
+{
+    return s->netns_pool;
+}
+
+const struct config *server_config(const struct server *s)
+{
+    return s->snap_base->config;
+}
+
+int serve_run(const struct serve_options *opt)
+{
+    struct server *s = server_start(opt);
+    if (s == NULL)
+        return 1;
+    server_run(s);
+    server_free(s);
+    log_info("stopped");
+    return 0;
 }

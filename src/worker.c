@@ -71,6 +71,10 @@ static void wakeup_cb(evutil_socket_t fd, short what, void *arg)
             evconnlistener_free(w->proxy_listener);
             w->proxy_listener = NULL;
         }
+        if (w->transparent_listener) {
+            evconnlistener_free(w->transparent_listener);
+            w->transparent_listener = NULL;
+        }
         upstream_pool_flush(w);
         conn_close_idle(w);
         if (w->n_conns == 0) {
@@ -82,8 +86,15 @@ static void wakeup_cb(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+static void accept_transparent_cb(struct evconnlistener *l, evutil_socket_t fd,
+                                  struct sockaddr *addr, int len, void *arg)
+{
+    (void)l;
+    conn_accept_transparent(arg, fd, addr, len);
+}
+
 struct worker *worker_new(int index, const struct serve_shared *shared, int proxy_fd,
-                          struct snapshot *snap, char *err, size_t err_len)
+                          int transparent_fd, struct snapshot *snap, char *err, size_t err_len)
 {
     struct worker *w = xcalloc(1, sizeof(*w));
     w->index = index;
@@ -127,6 +138,15 @@ struct worker *worker_new(int index, const struct serve_shared *shared, int prox
             goto fail;
         }
         evconnlistener_set_error_cb(w->proxy_listener, accept_error_cb);
+    }
+    if (transparent_fd != -1) {
+        w->transparent_listener = evconnlistener_new(w->base, accept_transparent_cb, w,
+                                                     LEV_OPT_CLOSE_ON_EXEC, -1, transparent_fd);
+        if (w->transparent_listener == NULL) {
+            snprintf(err, err_len, "cannot listen on the transparent socket");
+            goto fail;
+        }
+        evconnlistener_set_error_cb(w->transparent_listener, accept_error_cb);
     }
     return w;
 fail:
@@ -184,6 +204,8 @@ void worker_join_and_free(struct worker *w)
         event_base_loop(w->base, EVLOOP_NONBLOCK);
     if (w->proxy_listener)
         evconnlistener_free(w->proxy_listener);
+    if (w->transparent_listener)
+        evconnlistener_free(w->transparent_listener);
     if (w->wakeup)
         event_free(w->wakeup);
     if (w->dns)

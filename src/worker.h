@@ -10,6 +10,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/queue.h>
 
@@ -32,6 +33,9 @@ struct serve_shared {
      * address a sandbox uses to reach them. */
     struct sockaddr_storage self[4];
     size_t n_self;
+    /* Transparent listener: is this peer address one of our sandboxes? NULL: none are. */
+    bool (*is_sandbox_peer)(void *ctx, struct in_addr addr);
+    void *sandbox_ctx;
 };
 
 LIST_HEAD(conn_list, conn);
@@ -44,6 +48,7 @@ struct worker {
     struct event_base *base;
     struct evdns_base *dns;
     struct evconnlistener *proxy_listener;
+    struct evconnlistener *transparent_listener;
     struct event *wakeup; /* activated from other threads: new snapshot, stop */
 
     pthread_mutex_t lock; /* guards pending and stop_requested */
@@ -62,10 +67,11 @@ struct worker {
     struct metrics metrics; /* written by this worker, read by /metrics scrapes */
 };
 
-/* Creates the worker's event base, DNS base and a listener on the shared listening socket
- * proxy_fd (not owned), and takes one reference to snap. Does not start the thread. */
+/* Creates the worker's event base, DNS base and listeners on the shared listening sockets
+ * proxy_fd and transparent_fd (not owned; -1: none), and takes one reference to snap. Does not
+ * start the thread. */
 struct worker *worker_new(int index, const struct serve_shared *shared, int proxy_fd,
-                          struct snapshot *snap, char *err, size_t err_len);
+                          int transparent_fd, struct snapshot *snap, char *err, size_t err_len);
 int worker_start(struct worker *w);
 /* Hands snap to the worker (takes a reference). Thread-safe. */
 void worker_post_snapshot(struct worker *w, struct snapshot *snap);
