@@ -1,5 +1,6 @@
 /* main: command-line dispatch (SPEC §8). Each command parses its own options and calls into the
  * module that does the work; nothing here holds state. */
+#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +12,7 @@
 
 #include "config.h"
 #include "control.h"
+#include "sandbox_run.h"
 #include "seal.h"
 #include "store.h"
 #include "log.h"
@@ -30,6 +32,9 @@ static void usage(FILE *out)
             "        [--listen-control ADDR:PORT] [--workers N] [--audit-log FILE|-]\n"
             "        [--upstream-dns ADDR:PORT] [--verbose]\n"
             "                        run the proxy\n"
+            "  sandbox run [--config FILE] [--state-dir DIR] [--name NAME] [--vcpus N]\n"
+            "        [--mem-bytes N] [--timeout S] [--upstream-dns ADDR:PORT] -- CMD [ARG...]\n"
+            "                        run one command in a fresh sandbox (needs root)\n"
             "  ca cert [--state-dir DIR]\n"
             "                        print the interception CA certificate (PEM)\n"
             "  config check FILE     validate a standalone config file\n"
@@ -95,6 +100,71 @@ static int cmd_serve(int argc, char **argv)
         return 2;
     }
     return serve_run(&opt);
+}
+
+/* Parses a non-negative decimal number; -1 on junk or overflow beyond max. */
+static long long parse_count(const char *s, long long max)
+{
+    char *end;
+    errno = 0;
+    long long n = strtoll(s, &end, 10);
+    if (errno != 0 || *s == '\0' || *end != '\0' || n < 0 || n > max)
+        return -1;
+    return n;
+}
+
+static int cmd_sandbox(int argc, char **argv)
+{
+    static const char usage_text[] =
+        "usage: authproxy sandbox run [--config FILE] [--state-dir DIR] [--name NAME] [--vcpus N] "
+        "[--mem-bytes N] [--timeout S] [--upstream-dns ADDR:PORT] -- CMD [ARG...]";
+    struct sandbox_run_options o = {.state_dir = DEFAULT_STATE_DIR};
+    static const struct option longopts[] = {
+        {"config", required_argument, NULL, 'c'},   {"state-dir", required_argument, NULL, 's'},
+        {"name", required_argument, NULL, 'n'},     {"vcpus", required_argument, NULL, 'v'},
+        {"mem-bytes", required_argument, NULL, 'm'}, {"timeout", required_argument, NULL, 't'},
+        {"upstream-dns", required_argument, NULL, 'u'}, {NULL, 0, NULL, 0},
+    };
+    if (argc < 2 || strcmp(argv[1], "run") != 0) {
+        fprintf(stderr, "%s\n", usage_text);
+        return 2;
+    }
+    optind = 2;
+    int ch;
+    long long n;
+    while ((ch = getopt_long(argc, argv, "+", longopts, NULL)) != -1) {
+        switch (ch) {
+        case 'c': o.config_path = optarg; break;
+        case 's': o.state_dir = optarg; break;
+        case 'n': o.name = optarg; break;
+        case 'u': o.upstream_dns = optarg; break;
+        case 'v':
+        case 'm':
+        case 't':
+            n = parse_count(optarg, ch == 'm' ? (1LL << 50) : 86400);
+            if (n < 0) {
+                fprintf(stderr, "authproxy: invalid number for --%s: %s\n",
+                        ch == 'v' ? "vcpus" : ch == 'm' ? "mem-bytes" : "timeout", optarg);
+                return 2;
+            }
+            if (ch == 'v')
+                o.vcpus = (unsigned)n;
+            else if (ch == 'm')
+                o.mem_bytes = (uint64_t)n;
+            else
+                o.timeout_s = (unsigned)n;
+            break;
+        default:
+            fprintf(stderr, "%s\n", usage_text);
+            return 2;
+        }
+    }
+    if (optind >= argc) {
+        fprintf(stderr, "%s\n", usage_text);
+        return 2;
+    }
+    o.argv = argv + optind;
+    return sandbox_run(&o);
 }
 
 static int cmd_ca(int argc, char **argv)
@@ -276,6 +346,8 @@ int main(int argc, char **argv)
         return cmd_ca(argc - 1, argv + 1);
     if (strcmp(cmd, "config") == 0)
         return cmd_config(argc - 1, argv + 1);
+    if (strcmp(cmd, "sandbox") == 0)
+        return cmd_sandbox(argc - 1, argv + 1);
     if (strcmp(cmd, "workspace") == 0)
         return cmd_workspace(argc - 1, argv + 1);
     if (strcmp(cmd, "keys") == 0)
