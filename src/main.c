@@ -76,10 +76,7 @@ static int cmd_serve(int argc, char **argv)
         case 'u': opt.upstream_dns = optarg; break;
         case 'v': log_set_level(LOG_DEBUG); break;
         case 't': opt.listen_transparent = optarg; break;
-        case 'd':
-            fprintf(stderr, "authproxy: --listen-dns needs the sandbox resolver, which is not "
-                            "built yet\n");
-            return 2;
+        case 'd': opt.listen_dns = optarg; break;
         case 'w': {
             char *end;
             long n = strtol(optarg, &end, 10);

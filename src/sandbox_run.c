@@ -112,6 +112,7 @@ int sandbox_run(const struct sandbox_run_options *o)
         .listen_proxy = "127.0.0.1:0",
         .listen_control = NULL,
         .listen_transparent = "0.0.0.0:0",
+        .listen_dns = "0.0.0.0:0",
         .upstream_dns = o->upstream_dns,
         .workers = 1,
     };
@@ -140,10 +141,8 @@ int sandbox_run(const struct sandbox_run_options *o)
         goto out;
     }
 
-    /* Until the sandbox resolver is wired, DNS is captured to a port nothing listens on:
-     * lookups fail (fail closed) and no query leaves the host. */
-    uint16_t tport = server_transparent_port(srv);
-    net = netns_create(server_netns_pool(srv), id, tport, (uint16_t)(tport == 65535 ? 1 : tport + 1));
+    net = netns_create(server_netns_pool(srv), id, server_transparent_port(srv),
+                       server_dns_port(srv));
     if (net == NULL) {
         log_error("sandbox run: cannot create the sandbox network: %s", strerror(errno));
         goto out;

@@ -16,7 +16,6 @@ struct sandbox_run_options {
     const char *state_dir;
     const char *name;         /* NULL: generated */
     const char *upstream_dns; /* resolver for the proxy itself, or NULL */
-    const char *dns_listen;   /* unused until the sandbox resolver lands; NULL */
     unsigned vcpus;           /* 0: no CPU limit */
     uint64_t mem_bytes;       /* 0: no memory limit */
     unsigned timeout_s;       /* 0: none */

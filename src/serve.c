@@ -22,6 +22,7 @@
 #include "config.h"
 #include "control.h"
 #include "log.h"
+#include "dns_server.h"
 #include "netns.h"
 #include "metrics.h"
 #include "snapshot.h"
@@ -54,6 +55,7 @@ struct server {
     int proxy_fd;
     int transparent_fd;
     uint16_t transparent_port;
+    uint16_t dns_port;
     struct netns_pool *netns_pool; /* with a transparent listener: whose peers are sandboxes */
     char *audit_default;
 };
@@ -196,6 +198,31 @@ static void render_metrics(void *ctx, struct evbuffer *out)
 static bool is_sandbox_peer(void *ctx, struct in_addr addr)
 {
     return netns_pool_contains(ctx, addr);
+}
+
+/* The sandbox resolver's view of policy, called in worker 0's thread: the policy of the
+ * sandbox at that address (today: the config file's, for every sandbox of the pool). */
+static const struct policy *dns_policy(void *ctx, const struct sockaddr *client)
+{
+    struct worker *w = ctx;
+    const struct serve_shared *sh = w->shared;
+    if (client->sa_family != AF_INET || sh->is_sandbox_peer == NULL ||
+        !sh->is_sandbox_peer(sh->sandbox_ctx, ((const struct sockaddr_in *)client)->sin_addr))
+        return NULL;
+    return w->current->base->anonymous_allowed ? w->current->config->policy : NULL;
+}
+
+static bool dns_is_remapped(void *ctx, const char *name)
+{
+    struct worker *w = ctx;
+    return config_find_remap(w->current->config, name) != NULL;
+}
+
+static bool dns_is_local(void *ctx, struct in_addr addr)
+{
+    struct worker *w = ctx;
+    return w->shared->is_sandbox_peer != NULL &&
+           w->shared->is_sandbox_peer(w->shared->sandbox_ctx, addr);
 }
 
 static void stop_cb(evutil_socket_t fd, short what, void *arg)
@@ -350,6 +377,25 @@ struct server *server_start(const struct serve_options *opt)
     for (int i = 0; i < n; i++) {
         s->workers[i] = worker_new(i, &s->shared, s->proxy_fd, s->transparent_fd, s->current, err,
                                    sizeof(err));
+        if (i == 0 && s->workers[0] != NULL && opt->listen_dns != NULL) {
+            struct dns_server_config dc = {
+                .listen = opt->listen_dns,
+                .upstream = s->workers[0]->dns,
+                .policy = dns_policy,
+                .policy_ctx = s->workers[0],
+                .is_remapped = dns_is_remapped,
+                .audit = s->shared.audit,
+                .is_local_addr = dns_is_local,
+            };
+            s->workers[0]->dns_server = dns_server_new(s->workers[0]->base, &dc, err, sizeof(err));
+            if (s->workers[0]->dns_server == NULL) {
+                log_error("sandbox resolver: %s", err);
+                worker_join_and_free(s->workers[0]);
+                s->workers[0] = NULL;
+                goto fail;
+            }
+            s->dns_port = dns_server_port(s->workers[0]->dns_server);
+        }
         if (s->workers[i] == NULL || worker_start(s->workers[i]) != 0) {
             log_error("worker %d: %s", i, s->workers[i] ? "cannot start thread" : err);
             worker_join_and_free(s->workers[i]);
@@ -395,6 +441,11 @@ void server_stop(struct server *s)
 uint16_t server_transparent_port(const struct server *s)
 {
     return s->transparent_port;
+}
+
+uint16_t server_dns_port(const struct server *s)
+{
+    return s->dns_port;
 }
 
 struct netns_pool *server_netns_pool(struct server *s)

@@ -15,6 +15,7 @@ struct serve_options {
     const char *listen_proxy;   /* default 127.0.0.1:8080 */
     const char *listen_control; /* default 127.0.0.1:8081; NULL: no control API and no store */
     const char *listen_transparent; /* sandboxes' captured TCP ("0.0.0.0:0"), or NULL */
+    const char *listen_dns;         /* sandboxes' resolver, UDP+TCP ("0.0.0.0:0"), or NULL */
     const char *audit_path;     /* "-" = stdout, NULL = <state_dir>/audit.log */
     const char *upstream_dns;   /* NULL: /etc/resolv.conf */
     int workers;                /* 0: one per CPU */
@@ -34,6 +35,7 @@ int server_run(struct server *s);
 void server_stop(struct server *s);
 void server_free(struct server *s);
 uint16_t server_transparent_port(const struct server *s);
+uint16_t server_dns_port(const struct server *s);
 struct netns_pool *server_netns_pool(struct server *s);
 const struct config *server_config(const struct server *s);
 

@@ -10,6 +10,7 @@
 #include <event2/listener.h>
 
 #include "conn.h"
+#include "dns_server.h"
 #include "log.h"
 #include "upstream.h"
 #include "util.h"
@@ -76,6 +77,8 @@ static void wakeup_cb(evutil_socket_t fd, short what, void *arg)
             w->transparent_listener = NULL;
         }
         upstream_pool_flush(w);
+        dns_server_free(w->dns_server);
+        w->dns_server = NULL;
         conn_close_idle(w);
         if (w->n_conns == 0) {
             event_base_loopbreak(w->base);
@@ -197,6 +200,8 @@ void worker_join_and_free(struct worker *w)
     while ((c = LIST_FIRST(&w->conns)) != NULL)
         conn_abort(c);
     upstream_pool_flush(w);
+    dns_server_free(w->dns_server); /* before its evdns base goes */
+    w->dns_server = NULL;
     /* A bufferevent freed while one of its deferred callbacks is queued is released only when
      * the loop runs that callback: give the loop one last non-blocking turn (the thread is
      * gone, so this thread may drive the base). */

