@@ -154,3 +154,31 @@ def test_dns_for_a_denied_name_is_refused_and_never_sent_upstream(stack, tmp_pat
     assert "fine.example.test 203.0.113.67" in out, out
     assert not stack.dns.queried("secret-data-1234.exfil.evil.example.test")
     assert stack.dns.queried("fine.example.test")
+
+
+def test_node_fetch_inside_the_sandbox_gets_the_credential(stack, tmp_path):
+    origin = stack.tls_origin(NAME)
+    key = stack.secret()
+    script = ("fetch('https://%s/node').then(r => r.text())"
+              ".then(t => { console.log(t.trim()); }).catch(e => { console.error(e); process.exit(1); })"
+              % NAME)
+    p = run_sandbox(stack, tmp_path, ["node", "-e", script], rules=[api_rule()],
+                    secrets={"KEY": key})
+    assert p.returncode == 0, p.stderr.decode()
+    [req] = origin.snapshot()
+    assert req.path == "/node" and req.values("Authorization") == ["Bearer " + key]
+    assert key.encode() not in p.stdout + p.stderr
+
+
+def test_git_clone_inside_the_sandbox_gets_the_credential(stack, tmp_path, git_repo):
+    origin = stack.tls_origin("git.example.test", git=True)
+    token = stack.secret("ghp-e2e")
+    rule = header_rule("git", ["git.example.test"],
+                       [("Authorization", "workspace_secret", "Bearer {GIT_TOKEN}")])
+    p = run_sandbox(stack, tmp_path, ["git", "clone", "-q",
+                                      "https://git.example.test/git/repo.git", "/workspace/clone"],
+                    rules=[rule], secrets={"GIT_TOKEN": token})
+    assert p.returncode == 0, p.stderr.decode()[-3000:]
+    reqs = origin.snapshot()
+    assert reqs and all(r.values("Authorization") == ["Bearer " + token] for r in reqs)
+    assert token.encode() not in p.stdout + p.stderr
