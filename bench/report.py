@@ -126,8 +126,27 @@ def main():
     if any(meta.get(f"{s}_why") for s in sides):
         w("")
 
-    w("| workload | direct | authproxy | ratio | target | verdict | mitmproxy | ratio |")
-    w("|---|---:|---:|---:|---|---|---:|---:|")
+    w("| workload | direct | authproxy | ratio | target | verdict | mitmproxy | ratio | "
+      "authproxy ratio from CPU/req |")
+    w("|---|---:|---:|---:|---|---|---:|---:|---:|")
+
+    def cpu_per_req(r, with_proxy):
+        """CPU µs per request of everything on the path: client, nginx and (proxied) proxy."""
+        total = num(r, "requests_all")
+        if not total:
+            return None
+        keys = ["client_cpu_s", "nginx_cpu_s"] + (["proxy_cpu_s"] if with_proxy else [])
+        vals = [num(r, k) for k in keys]
+        if any(v is None for v in vals):
+            return None
+        return sum(vals) / total * 1e6
+
+    def cpu_ratio(rid, direct_rid):
+        d = cpu_per_req(get("direct", direct_rid), False)
+        a = cpu_per_req(get("authproxy", rid), True)
+        if not d or not a:
+            return "n/a"
+        return f"{d / a:.2f}×"
 
     def rate_row(label, rid, target, direct_rid=None):
         d = num(get("direct", direct_rid or rid), "rps")
@@ -135,7 +154,8 @@ def main():
         m = num(get("mitmproxy", rid), "rps")
         ok = None if a is None or d in (None, 0) else a / d >= target
         w(f"| {label} | {fmt_rate(d)} | {fmt_rate(a)} | {fmt_ratio(a, d, target)} | ≥ {target}× | "
-          f"{verdict(ok)} | {fmt_rate(m)} | {fmt_ratio(m, d)} |")
+          f"{verdict(ok)} | {fmt_rate(m)} | {fmt_ratio(m, d)} | "
+          f"{cpu_ratio(rid, direct_rid or rid)} |")
 
     rate_row("plain HTTP keep-alive, header injected (wrk), req/s", "plain_ka", 0.6)
     rate_row("the same with loadgen (cross-check of the client), req/s", "plain_ka_lg", 0.6)
@@ -155,7 +175,7 @@ def main():
         w(f"| {label} | {fmt_ms(d)} | {fmt_ms(a)} | "
           f"{'n/a' if add is None else f'{add / 1000:+.2f} ms'} | {tgt} | "
           f"{verdict(ok) if target_us is not None else '—'} | {fmt_ms(m)} | "
-          f"{'n/a' if madd is None else f'{madd / 1000:+.2f} ms'} |")
+          f"{'n/a' if madd is None else f'{madd / 1000:+.2f} ms'} | |")
 
     rate = meta.get("rate", "?")
     p99_row(f"p99 latency, plain HTTP paced at {rate} req/s", "plain_paced", 1000)
@@ -178,7 +198,11 @@ def main():
     ok = None if a_kib is None else a_kib <= 64
     w(f"| RSS per idle intercepted connection | — | "
       f"{'n/a' if a_kib is None else f'{a_kib:.1f} KiB'} | — | ≤ 64 KiB | {verdict(ok)} | "
-      f"{'n/a' if m_kib is None else f'{m_kib:.1f} KiB'} | — |")
+      f"{'n/a' if m_kib is None else f'{m_kib:.1f} KiB'} | — | |")
+    w("")
+    w("The last column is the throughput ratio the CPU cost alone predicts when the two cores are "
+      "the only limit: (client + nginx CPU per request, direct) / (client + nginx + authproxy CPU "
+      "per request, proxied). It is steadier than the measured ratio when other load comes and goes.")
     w("")
 
     busy = [(s, i) for (s, i), r in runs.items() if (num(r, "other_cores") or 0) > 0.25]
@@ -231,7 +255,7 @@ def main():
           f"{r.get('rss_after_kib', '?')} KiB with them open; upstream connections the proxy "
           f"held open meanwhile: {r.get('upstream_open', '?')}.")
     w("")
-    w(f"Versions: {meta.get('authproxy', '?').replace('_', ' ')}; nginx {meta.get('nginx', '?')}; "
+    w(f"Versions: {meta.get('authproxy', '?').replace('_', ' ')} (tree {meta.get('commit', '?')}); nginx {meta.get('nginx', '?')}; "
       f"OpenSSL {meta.get('openssl', '?')}; wrk {meta.get('wrk', '?')}; "
       f"mitmproxy {meta.get('mitmproxy', '?')}; kernel {meta.get('kernel', '?')}.")
     print("\n".join(out))

@@ -494,6 +494,7 @@ quiet_gate
     echo "META date=$(date -u +%Y-%m-%dT%H:%MZ) nproc=$(nproc) duration=$DUR warmup=$WARM conns=$CONNS rate=$RATE load_before=$LOAD_BEFORE"
     echo "META cpu=$(awk -F': ' '/^model name/ {gsub(/ /, "_", $2); print $2; exit}' /proc/cpuinfo)"
     echo "META kernel=$(uname -r) openssl=$(openssl version | awk '{print $2}') nginx=$(nginx -v 2>&1 | sed 's|.*/||') wrk=$(wrk -v 2>&1 | awk 'NR == 1 {print $2}')"
+    echo "META commit=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)"
     echo "META authproxy=$("$BIN" version 2>/dev/null | head -1 | tr ' ' '_') authproxy_ok=$AP_OK mitmproxy_ok=$MITM_OK mitmproxy=$(mitmdump --version 2>/dev/null | awk '/^Mitmproxy/ {print $2}')"
     [ "$AP_OK" = 1 ] || echo "META authproxy_why=$(echo "$AP_WHY" | tr ' ' '_')"
     [ "$MITM_OK" = 1 ] || echo "META mitmproxy_why=$(echo "$MITM_WHY" | tr ' ' '_')"
