@@ -547,7 +547,7 @@ static void test_create_destroy_cycles_leave_nothing(void **state)
     struct counts before = count_objects();
     struct netns_pool *pool = netns_pool_new(&test_cfg, NULL);
     for (int i = 0; i < 20; i++) {
-        char id[40];
+        char id[64];
         snprintf(id, sizeof(id), "cycle%03d-0000-4000-8000-000000000000", i);
         struct netns_handle *h = netns_create(pool, id, 40001, 40002);
         assert_non_null(h);
@@ -581,7 +581,7 @@ static void test_reconcile_after_crash(void **state)
     if (pid == 0) {
         struct netns_pool *pool = netns_pool_new(&test_cfg, NULL);
         for (int i = 0; i < 3; i++) {
-            char id[16];
+            char id[32];
             snprintf(id, sizeof(id), "crash%d", i);
             if (netns_create(pool, id, 40001, 40002) == NULL)
                 _exit(1);
