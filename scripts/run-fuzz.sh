@@ -5,8 +5,8 @@
 #   scripts/run-fuzz.sh http1 ...  only fuzz/fuzz_http1.c, ...
 #
 # Convention for a harness fuzz/fuzz_<name>.c:
-#   - a comment line "// fuzz-sources: src/a.c src/b.c" near the top lists the src/*.c files it
-#     links (never src/main.c);
+#   - comment lines "// fuzz-sources: src/a.c src/b.c" near the top list the src/*.c files it
+#     links (never src/main.c); several such lines add up, so a long list survives clang-format;
 #   - optionally "// fuzz-pkgs: openssl libevent" lists the pkg-config packages it needs
 #     (default: openssl libevent jansson);
 #   - optionally fuzz/<name>.dict is passed as its libFuzzer dictionary;
@@ -40,7 +40,7 @@ for h in $harnesses; do
     if [ ! -f "$h" ]; then
         echo "run-fuzz: $h: no such harness"; failed="$failed $name"; continue
     fi
-    srcs=$(sed -n 's|^//[[:space:]]*fuzz-sources:[[:space:]]*||p' "$h" | head -n 1)
+    srcs=$(sed -n "s|^//[[:space:]]*fuzz-sources:[[:space:]]*||p" "$h" | tr "\n" " ")
     pkgs=$(sed -n 's|^//[[:space:]]*fuzz-pkgs:[[:space:]]*||p' "$h" | head -n 1)
     [ -n "$pkgs" ] || pkgs=$DEFAULT_PKGS
     bin="$OUT/fuzz_$name"
