@@ -91,7 +91,8 @@ void audit_write(struct audit_log *a, const struct audit_record *r)
     json_object_set_new(o, "duration_ms", json_real((double)r->duration_us / 1000.0));
     json_object_set_new(o, "error", str_or_null(r->error));
     json_object_set_new(o, "policy_version", json_integer((json_int_t)r->policy_version));
-    char *line = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII | JSON_REAL_PRECISION(10));
+    char *line = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII |
+                                   JSON_REAL_PRECISION(10));
     json_decref(o);
     if (line == NULL)
         return;

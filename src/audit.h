@@ -20,12 +20,12 @@ struct audit_record {
     const char *scheme;    /* "http", "https", or "tunnel" */
     const char *host;
     uint16_t port;
-    const char *path; /* without query */
-    const char *decision; /* "allowed", "denied", "bypassed", "error" */
+    const char *path;       /* without query */
+    const char *decision;   /* "allowed", "denied", "bypassed", "error" */
     const char *decided_by; /* rule name, "deny_list", "allow_list", "no_proxy", "callback", ... */
     const char *const *injected; /* names of injected headers */
     size_t n_injected;
-    int status;        /* status sent to the client (0 if none) */
+    int status;          /* status sent to the client (0 if none) */
     int upstream_status; /* status from the upstream (0 if none) */
     uint64_t bytes_from_client;
     uint64_t bytes_to_client;

@@ -42,7 +42,8 @@ struct cgroup {
 };
 
 /* Formats an error into err (if given) and logs it at debug level; keeps call sites short. */
-static void cg_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void cg_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static void cg_err(char *err, size_t errlen, const char *fmt, ...)
 {
     va_list ap;
@@ -135,8 +136,8 @@ static bool cg_valid_component(const char *s)
         return false;
     for (size_t i = 0; i < n; i++) {
         char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
-              c == '_' || c == '.'))
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_' || c == '.'))
             return false;
     }
     return true;
@@ -320,8 +321,9 @@ struct cgroup_tree *cgroup_tree_open(const char *name, char *err, size_t errlen)
         }
         goto out;
     }
-    cg_err(err, errlen, "no usable cgroup hierarchy: need cgroup v2 with cpu, memory and pids "
-                        "controllers, or cgroup v1 cpu, memory and pids mounts");
+    cg_err(err, errlen,
+           "no usable cgroup hierarchy: need cgroup v2 with cpu, memory and pids "
+           "controllers, or cgroup v1 cpu, memory and pids mounts");
 out:
     free(v2);
     for (int i = 0; i < CG_NCTL; i++)
@@ -414,7 +416,8 @@ void cgroup_tree_free(struct cgroup_tree *t)
 /* Writes the limits into a freshly created group. 0, or -1 with a message in err. Swap is
  * turned off for the group where the host has swap accounting (memsw / memory.swap.max);
  * hosts without it simply have no file to write, which is not an error. */
-static int cg_apply_limits(struct cgroup *cg, const struct cgroup_limits *lim, char *err, size_t errlen)
+static int cg_apply_limits(struct cgroup *cg, const struct cgroup_limits *lim, char *err,
+                           size_t errlen)
 {
     struct cgroup_tree *t = cg->tree;
     bool v2 = t->version == CGROUP_V2;
@@ -473,10 +476,12 @@ static int cg_apply_limits(struct cgroup *cg, const struct cgroup_limits *lim, c
     }
     return 0;
 fail_write_cpu:
-    cg_err(err, errlen, "cannot set the CPU limit in %s: %s", cg->dirs[v2 ? 0 : CG_CPU], strerror(errno));
+    cg_err(err, errlen, "cannot set the CPU limit in %s: %s", cg->dirs[v2 ? 0 : CG_CPU],
+           strerror(errno));
     return -1;
 fail_write_mem:
-    cg_err(err, errlen, "cannot set the memory limit in %s: %s", cg->dirs[v2 ? 0 : CG_MEM], strerror(errno));
+    cg_err(err, errlen, "cannot set the memory limit in %s: %s", cg->dirs[v2 ? 0 : CG_MEM],
+           strerror(errno));
     return -1;
 no_ctl_cpu:
     cg_err(err, errlen, "a CPU limit was asked for but the cpu controller is not available");

@@ -29,8 +29,8 @@ enum cgroup_version { CGROUP_V1 = 1, CGROUP_V2 = 2 };
 /* Resource limits of one sandbox. 0 in a field means "no limit" for that resource. */
 struct cgroup_limits {
     uint32_t cpu_millicores; /* 1000 = one full CPU; vcpus N maps to N * 1000 */
-    uint64_t mem_bytes;      /* memory limit; swap is disabled for the group where the host allows */
-    uint32_t pids_max;       /* maximum number of tasks (processes and threads) in the group */
+    uint64_t mem_bytes; /* memory limit; swap is disabled for the group where the host allows */
+    uint32_t pids_max;  /* maximum number of tasks (processes and threads) in the group */
 };
 
 /* The host's cgroup layout plus the name of authproxy's subtree. Owned by the caller

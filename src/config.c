@@ -16,10 +16,10 @@
 
 #include "log.h"
 
-#define CONFIG_MAX_FILE_BYTES    (16u << 20)
-#define CONFIG_MIN_HEADER_BYTES  1024
-#define CONFIG_MAX_HEADER_BYTES  1048576
-#define CONFIG_MAX_TIMEOUT_MS    86400000 /* one day: anything longer is a typo */
+#define CONFIG_MAX_FILE_BYTES   (16u << 20)
+#define CONFIG_MIN_HEADER_BYTES 1024
+#define CONFIG_MAX_HEADER_BYTES 1048576
+#define CONFIG_MAX_TIMEOUT_MS   86400000 /* one day: anything longer is a typo */
 
 void config_limits_default(struct config_limits *l)
 {

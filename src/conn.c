@@ -47,7 +47,7 @@
 /* Stop reading from one side while the other side has this much unsent: bounded memory per
  * connection whatever the speed difference between client and origin. */
 #define RELAY_HIGH_WATER (256 * 1024)
-#define HOST_MAX 256
+#define HOST_MAX         256
 
 enum conn_state {
     CONN_READ_HEAD = 1,       /* waiting for a request head from the client */
@@ -63,7 +63,7 @@ enum conn_state {
 /* The per-request part of a connection: created when a head is parsed, gone when the
  * exchange ends. Everything the audit record needs is kept here. */
 struct request {
-    struct snapshot *snap; /* reference: the one policy version this request sees */
+    struct snapshot *snap;          /* reference: the one policy version this request sees */
     const struct registry_box *box; /* the sandbox it is served for (borrowed from snap), or NULL */
     uint64_t start_us;
     char method[32];
@@ -123,7 +123,7 @@ struct conn {
     /* Explicit-proxy identity (Proxy-Authorization), per CONNECT tunnel or per plain request. */
     bool has_identity;
     uint8_t token_hash[REGISTRY_HASH_LEN];
-    char *tunnel_sandbox;   /* for tunnel audit lines: sandbox name and workspace, owned */
+    char *tunnel_sandbox; /* for tunnel audit lines: sandbox name and workspace, owned */
     char *tunnel_workspace;
     /* Transparent capture: the sandbox dialled orig_ip:tunnel_port; TCP was redirected here. */
     bool transparent;
@@ -169,8 +169,7 @@ static void request_audit(struct conn *c, struct request *r)
     };
     audit_write(c->w->shared->audit, &rec);
     metrics_record_request(&c->w->metrics, rec.decision, r->n_injected ? r->decided_by : NULL,
-                           r->n_injected, rec.duration_us,
-                           r->status == 502 || r->status == 504);
+                           r->n_injected, rec.duration_us, r->status == 502 || r->status == 504);
 }
 
 /* Ends the current request: writes its audit line and frees it. */
@@ -717,9 +716,11 @@ static void upstream_event_cb(struct bufferevent *bev, short events, void *arg)
         return;
     }
     if (!r->resp_head_done) {
-        r->error = (events & BEV_EVENT_TIMEOUT) ? "upstream timed out" : "upstream closed the connection";
+        r->error =
+            (events & BEV_EVENT_TIMEOUT) ? "upstream timed out" : "upstream closed the connection";
         refuse(c, (events & BEV_EVENT_TIMEOUT) ? 504 : 502, "error", r->decided_by,
-               (events & BEV_EVENT_TIMEOUT) ? "upstream timed out" : "upstream closed the connection");
+               (events & BEV_EVENT_TIMEOUT) ? "upstream timed out"
+                                            : "upstream closed the connection");
         return;
     }
     /* Mid-body failure: the client cannot be told with a status any more; cut it off. */
@@ -829,9 +830,9 @@ static void read_identity(struct conn *c, const struct http1_request *req)
 }
 
 /* The policy that governs this connection's requests under snapshot snap: the sandbox's, when
- * the client presents a sandbox credential, else the config file's (given --config). NULL when there is none; then *status
- * and *why say how to refuse (407: unknown or missing credential; 403: the sandbox's policy
- * cannot be applied). *box gets the sandbox, if any. */
+ * the client presents a sandbox credential, else the config file's (given --config). NULL when
+ * there is none; then *status and *why say how to refuse (407: unknown or missing credential; 403:
+ * the sandbox's policy cannot be applied). *box gets the sandbox, if any. */
 static const struct policy *select_policy(const struct conn *c, const struct snapshot *snap,
                                           const struct registry_box **box, int *status,
                                           const char **why)
@@ -872,8 +873,8 @@ static void handle_connect(struct conn *c, const struct http1_request *req, size
 {
     struct evbuffer *in = bufferevent_get_input(c->client);
     c->tunnel_start_us = monotonic_us();
-    if (c->in_tunnel || !split_authority(req->target, req->target_len, c->tunnel_host,
-                                         &c->tunnel_port, 0) ||
+    if (c->in_tunnel ||
+        !split_authority(req->target, req->target_len, c->tunnel_host, &c->tunnel_port, 0) ||
         c->tunnel_port == 0) {
         respond_and_close(c, 400, "bad request: CONNECT needs host:port");
         return;
@@ -973,9 +974,9 @@ static void peek_first_byte_cb(evutil_socket_t fd, short what, void *arg)
             conn_close(c);
             return;
         }
-        c->client = bufferevent_openssl_socket_new(c->w->base, c->fd, ssl,
-                                                   BUFFEREVENT_SSL_ACCEPTING,
-                                                   BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+        c->client =
+            bufferevent_openssl_socket_new(c->w->base, c->fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                           BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
         if (c->client == NULL) {
             SSL_free(ssl);
             conn_close(c);
@@ -989,8 +990,8 @@ static void peek_first_byte_cb(evutil_socket_t fd, short what, void *arg)
         bufferevent_enable(c->client, EV_READ | EV_WRITE);
         return;
     }
-    c->client = bufferevent_socket_new(c->w->base, c->fd,
-                                       BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+    c->client =
+        bufferevent_socket_new(c->w->base, c->fd, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
     if (c->client == NULL) {
         conn_close(c);
         return;
@@ -1022,8 +1023,10 @@ static void handle_request_head(struct conn *c)
     }
     evtimer_del(c->timer);
     if (rc != HTTP1_OK) {
-        static const char *const why[] = {"bad request"};
         int status = -rc;
+        const char *body = status == 431   ? "request header fields too large"
+                           : status == 400 ? "bad request"
+                                           : http1_reason_phrase(status);
         c->req = request_new(c);
         snprintf(c->req->method, sizeof(c->req->method), "-");
         if (c->in_tunnel) {
@@ -1031,9 +1034,7 @@ static void handle_request_head(struct conn *c)
             c->req->port = c->tunnel_port;
             c->req->scheme = c->tunnel_tls ? "https" : "http";
         }
-        c->req->error = status == 431 ? "request header fields too large" : why[0];
-        refuse(c, status, "denied", "http_parser",
-               status == 431 ? "request header fields too large" : "bad request");
+        refuse(c, status, "denied", "http_parser", body);
         goto out;
     }
     if (req->is_connect) {
@@ -1042,8 +1043,8 @@ static void handle_request_head(struct conn *c)
     }
 
     struct request *r = c->req = request_new(c);
-    snprintf(r->method, sizeof(r->method), "%.*s", (int)(req->method_len < 31 ? req->method_len : 31),
-             req->method);
+    snprintf(r->method, sizeof(r->method), "%.*s",
+             (int)(req->method_len < 31 ? req->method_len : 31), req->method);
     const char *origin = req->target;
     size_t origin_len = req->target_len;
     bool tls = false;
@@ -1311,8 +1312,8 @@ static void transparent_refuse(struct conn *c, const char *decision, const char 
 /* Opens an untouched byte tunnel to tunnel_host:tunnel_port (no_proxy). */
 static void transparent_bypass(struct conn *c)
 {
-    c->client = bufferevent_socket_new(c->w->base, c->fd,
-                                       BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+    c->client =
+        bufferevent_socket_new(c->w->base, c->fd, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
     if (c->client == NULL) {
         conn_close(c);
         return;
@@ -1374,9 +1375,9 @@ static void transparent_dispatch(struct conn *c, const uint8_t *buf, size_t len)
             conn_close(c);
             return;
         }
-        c->client = bufferevent_openssl_socket_new(c->w->base, c->fd, ssl,
-                                                   BUFFEREVENT_SSL_ACCEPTING,
-                                                   BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+        c->client =
+            bufferevent_openssl_socket_new(c->w->base, c->fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                           BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
         if (c->client == NULL) {
             SSL_free(ssl);
             conn_close(c);

@@ -171,8 +171,7 @@ int control_check_proxy_config(struct control *c, const char *ws_id, const json_
 /* Compiles one stored box into a registry entry. The entry has no policy (requests refused)
  * when the stored config no longer compiles; why is logged, naming fields, never values. */
 static void compile_box(struct control *c, const char *ws_id, const struct store_box *b,
-                        const struct secret_source *src, uint64_t version,
-                        struct registry_box *out)
+                        const struct secret_source *src, uint64_t version, struct registry_box *out)
 {
     out->workspace_id = xstrdup(ws_id);
     out->box_id = xstrdup(b->id);

@@ -46,7 +46,8 @@ int control_check_proxy_config(struct control *c, const char *ws_id, const json_
 int control_publish(struct control *c);
 
 /* Publishes again if the store changed behind our back (another process: `authproxy keys
- * rotate`, `workspace create`); serve calls it periodically. 0, or -1 if the store is unreadable. */
+ * rotate`, `workspace create`); serve calls it periodically. 0, or -1 if the store is unreadable.
+ */
 int control_sync(struct control *c);
 void control_set_publisher(struct control *c, control_publish_fn fn, void *ctx);
 

@@ -15,8 +15,8 @@
 
 enum host_pattern_kind {
     HOST_PATTERN_EXACT = 1, /* text is the whole name */
-    HOST_PATTERN_SUFFIX,    /* text is ".github.com": any name with that suffix and a label before */
-    HOST_PATTERN_ANY,       /* "*" */
+    HOST_PATTERN_SUFFIX, /* text is ".github.com": any name with that suffix and a label before */
+    HOST_PATTERN_ANY,    /* "*" */
 };
 
 struct host_pattern {

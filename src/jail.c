@@ -50,7 +50,7 @@
 #endif
 #define JAIL_MOUNT_ATTR_RDONLY 0x00000001ull
 #define JAIL_MOUNT_ATTR_NOSUID 0x00000002ull
-#define JAIL_MOUNT_ATTR_NODEV 0x00000004ull
+#define JAIL_MOUNT_ATTR_NODEV  0x00000004ull
 #ifndef CLONE_NEWCGROUP
 #define CLONE_NEWCGROUP 0x02000000
 #endif
@@ -72,16 +72,16 @@ struct jail_mount_attr {
 /* ---- mount plan: prepared by the parent, executed by the child with system calls only ---- */
 
 enum jail_op_kind {
-    OP_TMPFS,    /* mount tmpfs at dst with data and flags */
-    OP_BIND,     /* bind src at dst (flags may add MS_REC) */
-    OP_RO,       /* make dst read-only, nosuid, nodev (recursively when possible) */
-    OP_REMOUNT,  /* remount dst with flags (MS_REMOUNT added) */
-    OP_MKDIR,    /* mkdir dst (existing is fine) */
-    OP_MKFILE,   /* create empty file dst (existing is fine) */
-    OP_SYMLINK,  /* symlink src at dst */
-    OP_DEVPTS,   /* a private devpts instance at dst */
-    OP_PIVOT,    /* pivot_root into dst, old root detached */
-    OP_PROC,     /* procfs at dst */
+    OP_TMPFS,   /* mount tmpfs at dst with data and flags */
+    OP_BIND,    /* bind src at dst (flags may add MS_REC) */
+    OP_RO,      /* make dst read-only, nosuid, nodev (recursively when possible) */
+    OP_REMOUNT, /* remount dst with flags (MS_REMOUNT added) */
+    OP_MKDIR,   /* mkdir dst (existing is fine) */
+    OP_MKFILE,  /* create empty file dst (existing is fine) */
+    OP_SYMLINK, /* symlink src at dst */
+    OP_DEVPTS,  /* a private devpts instance at dst */
+    OP_PIVOT,   /* pivot_root into dst, old root detached */
+    OP_PROC,    /* procfs at dst */
 };
 
 struct jail_op {
@@ -132,10 +132,10 @@ static void plan_free(struct jail_plan *p)
 
 struct jail_prep {
     struct jail_plan plan;
-    char **envp;       /* heap NULL-terminated, strings heap */
+    char **envp; /* heap NULL-terminated, strings heap */
     size_t envn;
-    char **argv;       /* heap copy, NULL-terminated */
-    char *path;        /* PATH used to look argv[0] up */
+    char **argv; /* heap copy, NULL-terminated */
+    char *path;  /* PATH used to look argv[0] up */
     char *cwd;
     char *hostname;
     struct sock_filter filter[160];
@@ -143,24 +143,46 @@ struct jail_prep {
     int last_cap;
     int keep_fds[JAIL_MAX_FDS]; /* fds the child must keep (sources, pipes, netns) */
     size_t n_keep;
-    int src_fds[JAIL_MAX_FDS];  /* O_PATH sources opened by the parent, closed after clone */
+    int src_fds[JAIL_MAX_FDS];     /* O_PATH sources opened by the parent, closed after clone */
     char *src_paths[JAIL_MAX_FDS]; /* their paths, reopened by the child (see prep_source) */
     size_t n_src;
 };
 
 /* Which step of the child failed, for the parent's message. */
 enum jail_stage {
-    ST_SYNC = 1, ST_SETNS, ST_LOOPBACK, ST_HOSTNAME, ST_PRIVATE, ST_SOURCE, ST_MOUNT, ST_FORK, ST_SETSID,
-    ST_STDIO, ST_CAPS, ST_IDS, ST_NNP, ST_SECCOMP, ST_CHDIR, ST_EXEC,
+    ST_SYNC = 1,
+    ST_SETNS,
+    ST_LOOPBACK,
+    ST_HOSTNAME,
+    ST_PRIVATE,
+    ST_SOURCE,
+    ST_MOUNT,
+    ST_FORK,
+    ST_SETSID,
+    ST_STDIO,
+    ST_CAPS,
+    ST_IDS,
+    ST_NNP,
+    ST_SECCOMP,
+    ST_CHDIR,
+    ST_EXEC,
 };
 static const char *const jail_stage_names[] = {
-    [ST_SYNC] = "waiting for the parent", [ST_SETNS] = "joining the network namespace",
-    [ST_LOOPBACK] = "bringing loopback up", [ST_HOSTNAME] = "setting the hostname",
-    [ST_PRIVATE] = "making mounts private", [ST_SOURCE] = "opening a bind source",[ST_MOUNT] = "building the filesystem view",
-    [ST_FORK] = "forking the command", [ST_SETSID] = "starting a session",
-    [ST_STDIO] = "setting up stdio", [ST_CAPS] = "dropping capabilities",
-    [ST_IDS] = "switching uid/gid", [ST_NNP] = "setting no_new_privs",
-    [ST_SECCOMP] = "installing the seccomp filter", [ST_CHDIR] = "entering the working directory",
+    [ST_SYNC] = "waiting for the parent",
+    [ST_SETNS] = "joining the network namespace",
+    [ST_LOOPBACK] = "bringing loopback up",
+    [ST_HOSTNAME] = "setting the hostname",
+    [ST_PRIVATE] = "making mounts private",
+    [ST_SOURCE] = "opening a bind source",
+    [ST_MOUNT] = "building the filesystem view",
+    [ST_FORK] = "forking the command",
+    [ST_SETSID] = "starting a session",
+    [ST_STDIO] = "setting up stdio",
+    [ST_CAPS] = "dropping capabilities",
+    [ST_IDS] = "switching uid/gid",
+    [ST_NNP] = "setting no_new_privs",
+    [ST_SECCOMP] = "installing the seccomp filter",
+    [ST_CHDIR] = "entering the working directory",
     [ST_EXEC] = "executing the command",
 };
 
@@ -175,7 +197,8 @@ struct jail_child_fds {
     int sync_r, err_w, status_w, stdin_r, stdout_w, stderr_w, netns;
 };
 
-static void jf_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void jf_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static void jf_err(char *err, size_t errlen, const char *fmt, ...)
 {
     va_list ap;
@@ -214,7 +237,8 @@ static void bpf_emit(struct jail_prep *pr, struct sock_filter ins)
 static void bpf_deny(struct jail_prep *pr, int nr, int e)
 {
     bpf_emit(pr, (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (uint32_t)nr, 0, 1));
-    bpf_emit(pr, (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ((uint32_t)e & SECCOMP_RET_DATA)));
+    bpf_emit(pr, (struct sock_filter)BPF_STMT(
+                     BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ((uint32_t)e & SECCOMP_RET_DATA)));
 }
 
 /* Builds the filter (contract in jail.h). A deny-list, deliberately: sandboxes run arbitrary
@@ -226,37 +250,68 @@ static void bpf_deny(struct jail_prep *pr, int nr, int e)
 static int jail_build_filter(struct jail_prep *pr)
 {
     static const int denied[] = {
-        __NR_unshare, __NR_setns, __NR_mount, __NR_umount2, __NR_pivot_root, __NR_chroot,
-        __NR_ptrace, __NR_bpf, __NR_perf_event_open, __NR_keyctl, __NR_add_key, __NR_request_key,
-        __NR_kexec_load, __NR_init_module, __NR_finit_module, __NR_delete_module,
-        __NR_open_by_handle_at, __NR_name_to_handle_at, __NR_swapon, __NR_swapoff, __NR_reboot,
-        __NR_acct, __NR_settimeofday, __NR_clock_settime, __NR_clock_adjtime, __NR_adjtimex,
-        __NR_process_vm_writev, __NR_process_vm_readv, __NR_userfaultfd,
+        __NR_unshare,
+        __NR_setns,
+        __NR_mount,
+        __NR_umount2,
+        __NR_pivot_root,
+        __NR_chroot,
+        __NR_ptrace,
+        __NR_bpf,
+        __NR_perf_event_open,
+        __NR_keyctl,
+        __NR_add_key,
+        __NR_request_key,
+        __NR_kexec_load,
+        __NR_init_module,
+        __NR_finit_module,
+        __NR_delete_module,
+        __NR_open_by_handle_at,
+        __NR_name_to_handle_at,
+        __NR_swapon,
+        __NR_swapoff,
+        __NR_reboot,
+        __NR_acct,
+        __NR_settimeofday,
+        __NR_clock_settime,
+        __NR_clock_adjtime,
+        __NR_adjtimex,
+        __NR_process_vm_writev,
+        __NR_process_vm_readv,
+        __NR_userfaultfd,
 #ifdef __NR_kexec_file_load
         __NR_kexec_file_load,
 #endif
 #ifdef __NR_fsopen
-        __NR_fsopen, __NR_fsconfig, __NR_fsmount, __NR_fspick, __NR_move_mount, __NR_open_tree,
+        __NR_fsopen,
+        __NR_fsconfig,
+        __NR_fsmount,
+        __NR_fspick,
+        __NR_move_mount,
+        __NR_open_tree,
 #endif
         __NR_mount_setattr,
 #ifdef __NR_iopl
-        __NR_iopl, __NR_ioperm,
+        __NR_iopl,
+        __NR_ioperm,
 #endif
 #ifdef __NR_umount
         __NR_umount,
 #endif
     };
-    const uint32_t ns_flags = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID |
-                              CLONE_NEWNET | CLONE_NEWCGROUP;
+    const uint32_t ns_flags = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER |
+                              CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWCGROUP;
     const uint32_t eperm = SECCOMP_RET_ERRNO | EPERM;
 
     if (JAIL_AUDIT_ARCH == 0)
         return -1;
     pr->filter_len = 0;
-    bpf_emit(pr, (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)));
+    bpf_emit(pr, (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
+                                              offsetof(struct seccomp_data, arch)));
     bpf_emit(pr, (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, JAIL_AUDIT_ARCH, 1, 0));
     bpf_emit(pr, (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS));
-    bpf_emit(pr, (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)));
+    bpf_emit(pr, (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
+                                              offsetof(struct seccomp_data, nr)));
 #if defined(__x86_64__)
     /* x32 ABI: same numbers with bit 30 set, would bypass every rule below. */
     bpf_emit(pr, (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, 0x40000000u, 0, 1));
@@ -307,7 +362,8 @@ static void prep_keep_fd(struct jail_prep *pr, int fd)
  * number N; the child reopens the path onto N in its own mount namespace, because the kernel
  * refuses to bind from a mount that belongs to another namespace (EINVAL). NULL with a message
  * on failure. */
-static char *prep_source(struct jail_prep *pr, const char *path, bool want_dir, char *err, size_t errlen)
+static char *prep_source(struct jail_prep *pr, const char *path, bool want_dir, char *err,
+                         size_t errlen)
 {
     struct stat st;
     int fd;
@@ -344,8 +400,8 @@ static bool is_top_level(const char *path)
 
 /* Adds a bind of src at inside-path dst (staged under JAIL_STAGE). A missing top-level target is
  * created on the staging root; deeper targets must exist in the host's (read-only) view. */
-static int prep_bind(struct jail_prep *pr, const char *src, const char *dst, bool writable, char *err,
-                     size_t errlen)
+static int prep_bind(struct jail_prep *pr, const char *src, const char *dst, bool writable,
+                     char *err, size_t errlen)
 {
     struct stat st;
     char *s = NULL, *target = NULL;
@@ -364,7 +420,8 @@ static int prep_bind(struct jail_prep *pr, const char *src, const char *dst, boo
         goto out;
     target = xasprintf("%s%s", JAIL_STAGE, dst);
     if (is_top_level(dst))
-        plan_add(&pr->plan, S_ISDIR(st.st_mode) ? OP_MKDIR : OP_MKFILE, NULL, target, NULL, 0, false);
+        plan_add(&pr->plan, S_ISDIR(st.st_mode) ? OP_MKDIR : OP_MKFILE, NULL, target, NULL, 0,
+                 false);
     plan_add(&pr->plan, OP_BIND, s, target, NULL, S_ISDIR(st.st_mode) ? MS_REC : 0, false);
     if (writable)
         plan_add(&pr->plan, OP_REMOUNT, NULL, target, NULL, MS_BIND | MS_NOSUID | MS_NODEV, false);
@@ -381,14 +438,15 @@ out:
 static int prep_mounts(struct jail_prep *pr, const struct jail_spec *spec, char *err, size_t errlen)
 {
     static const char *const devs[] = {"null", "zero", "full", "random", "urandom", "tty"};
-    static const char *const proc_ro[] = {"/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus",
-                                          "/proc/fs"};
+    static const char *const proc_ro[] = {"/proc/sys", "/proc/sysrq-trigger", "/proc/irq",
+                                          "/proc/bus", "/proc/fs"};
     static const char *const proc_null[] = {"/proc/kcore", "/proc/keys", "/proc/timer_list",
                                             "/proc/sched_debug"};
     static const char *const proc_empty[] = {"/proc/acpi", "/proc/scsi"};
     struct jail_plan *p = &pr->plan;
     uint64_t cap = spec->fs_capacity_bytes != 0 ? spec->fs_capacity_bytes : JAIL_DEFAULT_TMP_BYTES;
-    const char *ws_mount = spec->workspace_mount != NULL ? spec->workspace_mount : JAIL_DEFAULT_WORKSPACE_MOUNT;
+    const char *ws_mount =
+        spec->workspace_mount != NULL ? spec->workspace_mount : JAIL_DEFAULT_WORKSPACE_MOUNT;
     DIR *d = NULL;
     struct dirent *de;
     char *t = NULL, *opt = NULL;
@@ -406,8 +464,9 @@ static int prep_mounts(struct jail_prep *pr, const struct jail_spec *spec, char 
         const char *n = de->d_name;
         struct stat st;
         char *host = xasprintf("/%s", n);
-        if (strcmp(n, ".") == 0 || strcmp(n, "..") == 0 || strcmp(n, "proc") == 0 || strcmp(n, "dev") == 0 ||
-            strcmp(n, "tmp") == 0 || strcmp(n, "run") == 0 || lstat(host, &st) == -1) {
+        if (strcmp(n, ".") == 0 || strcmp(n, "..") == 0 || strcmp(n, "proc") == 0 ||
+            strcmp(n, "dev") == 0 || strcmp(n, "tmp") == 0 || strcmp(n, "run") == 0 ||
+            lstat(host, &st) == -1) {
             free(host);
             continue;
         }
@@ -432,10 +491,12 @@ static int prep_mounts(struct jail_prep *pr, const struct jail_spec *spec, char 
     d = NULL;
     plan_add(p, OP_MKDIR, NULL, JAIL_STAGE "/proc", NULL, 0, false);
     plan_add(p, OP_MKDIR, NULL, JAIL_STAGE "/run", NULL, 0, false);
-    plan_add(p, OP_TMPFS, NULL, JAIL_STAGE "/run", "mode=0755,size=1m", MS_NOSUID | MS_NODEV, false);
+    plan_add(p, OP_TMPFS, NULL, JAIL_STAGE "/run", "mode=0755,size=1m", MS_NOSUID | MS_NODEV,
+             false);
     /* /dev: a tmpfs with the harmless device nodes bound from the host. */
     plan_add(p, OP_MKDIR, NULL, JAIL_STAGE "/dev", NULL, 0, false);
-    plan_add(p, OP_TMPFS, NULL, JAIL_STAGE "/dev", "mode=0755,size=64k", MS_NOSUID | MS_NOEXEC, false);
+    plan_add(p, OP_TMPFS, NULL, JAIL_STAGE "/dev", "mode=0755,size=64k", MS_NOSUID | MS_NOEXEC,
+             false);
     for (size_t i = 0; i < ARRAY_LEN(devs); i++) {
         char *host = xasprintf("/dev/%s", devs[i]);
         t = xasprintf("%s/dev/%s", JAIL_STAGE, devs[i]);
@@ -451,11 +512,13 @@ static int prep_mounts(struct jail_prep *pr, const struct jail_spec *spec, char 
     plan_add(p, OP_SYMLINK, "/proc/self/fd/2", JAIL_STAGE "/dev/stderr", NULL, 0, false);
     plan_add(p, OP_SYMLINK, "pts/ptmx", JAIL_STAGE "/dev/ptmx", NULL, 0, false);
     plan_add(p, OP_MKDIR, NULL, JAIL_STAGE "/dev/pts", NULL, 0, false);
-    plan_add(p, OP_DEVPTS, NULL, JAIL_STAGE "/dev/pts", "newinstance,ptmxmode=0666,mode=620", 0, true);
+    plan_add(p, OP_DEVPTS, NULL, JAIL_STAGE "/dev/pts", "newinstance,ptmxmode=0666,mode=620", 0,
+             true);
     plan_add(p, OP_MKDIR, NULL, JAIL_STAGE "/dev/shm", NULL, 0, false);
     opt = xasprintf("mode=1777,size=%llu", (unsigned long long)cap);
     plan_add(p, OP_TMPFS, NULL, JAIL_STAGE "/dev/shm", opt, MS_NOSUID | MS_NODEV, false);
-    plan_add(p, OP_REMOUNT, NULL, JAIL_STAGE "/dev", NULL, MS_RDONLY | MS_NOSUID | MS_NOEXEC, false);
+    plan_add(p, OP_REMOUNT, NULL, JAIL_STAGE "/dev", NULL, MS_RDONLY | MS_NOSUID | MS_NOEXEC,
+             false);
     /* /tmp */
     plan_add(p, OP_MKDIR, NULL, JAIL_STAGE "/tmp", NULL, 0, false);
     if (spec->tmp_dir != NULL) {
@@ -464,12 +527,15 @@ static int prep_mounts(struct jail_prep *pr, const struct jail_spec *spec, char 
     } else {
         plan_add(p, OP_TMPFS, NULL, JAIL_STAGE "/tmp", opt, MS_NOSUID | MS_NODEV, false);
     }
-    if (spec->workspace != NULL && prep_bind(pr, spec->workspace, ws_mount, true, err, errlen) == -1)
+    if (spec->workspace != NULL &&
+        prep_bind(pr, spec->workspace, ws_mount, true, err, errlen) == -1)
         goto out;
-    if (spec->ca_bundle != NULL && prep_bind(pr, spec->ca_bundle, JAIL_CA_BUNDLE_PATH, false, err, errlen) == -1)
+    if (spec->ca_bundle != NULL &&
+        prep_bind(pr, spec->ca_bundle, JAIL_CA_BUNDLE_PATH, false, err, errlen) == -1)
         goto out;
     for (size_t i = 0; i < spec->n_binds; i++)
-        if (prep_bind(pr, spec->binds[i].src, spec->binds[i].dst, spec->binds[i].writable, err, errlen) == -1)
+        if (prep_bind(pr, spec->binds[i].src, spec->binds[i].dst, spec->binds[i].writable, err,
+                      errlen) == -1)
             goto out;
     plan_add(p, OP_REMOUNT, NULL, JAIL_STAGE, NULL, MS_RDONLY | MS_NOSUID | MS_NODEV, false);
     plan_add(p, OP_PIVOT, NULL, JAIL_STAGE, NULL, 0, false);
@@ -482,7 +548,8 @@ static int prep_mounts(struct jail_prep *pr, const struct jail_spec *spec, char 
     for (size_t i = 0; i < ARRAY_LEN(proc_null); i++)
         plan_add(p, OP_BIND, "/dev/null", proc_null[i], NULL, 0, true);
     for (size_t i = 0; i < ARRAY_LEN(proc_empty); i++)
-        plan_add(p, OP_TMPFS, NULL, proc_empty[i], "mode=0555,size=4k", MS_RDONLY | MS_NOSUID | MS_NODEV, true);
+        plan_add(p, OP_TMPFS, NULL, proc_empty[i], "mode=0555,size=4k",
+                 MS_RDONLY | MS_NOSUID | MS_NODEV, true);
     /* Hidden paths last, so they cover whatever view the binds above produced. Resolved on the
      * host (symlinks followed): the inside view of those paths is the same tree. */
     for (size_t i = 0; spec->hidden_paths != NULL && spec->hidden_paths[i] != NULL; i++) {
@@ -493,8 +560,8 @@ static int prep_mounts(struct jail_prep *pr, const struct jail_spec *spec, char 
             continue;
         }
         if (S_ISDIR(st.st_mode))
-            plan_add(p, OP_TMPFS, NULL, real, "mode=0755,size=4k", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                     true);
+            plan_add(p, OP_TMPFS, NULL, real, "mode=0755,size=4k",
+                     MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, true);
         else
             plan_add(p, OP_BIND, "/dev/null", real, NULL, 0, true);
         free(real);
@@ -533,9 +600,11 @@ static void prep_setenv2(struct jail_prep *pr, const char *name, const char *val
 /* Builds the environment from scratch (never from environ). 0, or -1 on a malformed pair. */
 static int prep_env(struct jail_prep *pr, const struct jail_spec *spec, char *err, size_t errlen)
 {
-    static const char *const ca_vars[] = {"SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS",
-                                          "GIT_SSL_CAINFO", "CURL_CA_BUNDLE"};
-    const char *ws = spec->workspace_mount != NULL ? spec->workspace_mount : JAIL_DEFAULT_WORKSPACE_MOUNT;
+    static const char *const ca_vars[] = {"SSL_CERT_FILE", "REQUESTS_CA_BUNDLE",
+                                          "NODE_EXTRA_CA_CERTS", "GIT_SSL_CAINFO",
+                                          "CURL_CA_BUNDLE"};
+    const char *ws =
+        spec->workspace_mount != NULL ? spec->workspace_mount : JAIL_DEFAULT_WORKSPACE_MOUNT;
     const char *home = spec->home != NULL ? spec->home : spec->workspace != NULL ? ws : "/tmp";
 
     pr->envp = xcalloc(1, sizeof(*pr->envp));
@@ -631,7 +700,8 @@ static void child_close_others(const int *keep, size_t n)
  * mount_setattr (5.12+); otherwise the top mount only. */
 static int child_make_ro(const char *target)
 {
-    struct jail_mount_attr attr = {JAIL_MOUNT_ATTR_RDONLY | JAIL_MOUNT_ATTR_NOSUID | JAIL_MOUNT_ATTR_NODEV, 0, 0, 0};
+    struct jail_mount_attr attr = {
+        JAIL_MOUNT_ATTR_RDONLY | JAIL_MOUNT_ATTR_NOSUID | JAIL_MOUNT_ATTR_NODEV, 0, 0, 0};
 
     if (syscall(__NR_mount_setattr, AT_FDCWD, target, AT_RECURSIVE, &attr, sizeof(attr)) == 0)
         return 0;
@@ -667,7 +737,8 @@ static int child_run_op(const struct jail_op *op)
         return mount("devpts", op->dst, "devpts", MS_NOSUID | MS_NOEXEC, op->data);
     case OP_PIVOT:
         /* pivot_root(".", "."): the old root ends up stacked under the new one, then detached. */
-        if (chdir(op->dst) == -1 || syscall(SYS_pivot_root, ".", ".") == -1 || umount2(".", MNT_DETACH) == -1)
+        if (chdir(op->dst) == -1 || syscall(SYS_pivot_root, ".", ".") == -1 ||
+            umount2(".", MNT_DETACH) == -1)
             return -1;
         return chdir("/");
     case OP_PROC:
@@ -700,7 +771,8 @@ static int child_loopback_up(void)
  * regains any at exec), switches ids if asked, sets no_new_privs and installs the filter.
  * Raw syscalls for the id changes: glibc's setuid family would try to signal the parent's other
  * threads, which do not exist in this child. 0, or -1 with *stage set. */
-static int child_lockdown(const struct jail_prep *pr, uid_t uid, gid_t gid, bool change_ids, int *stage)
+static int child_lockdown(const struct jail_prep *pr, uid_t uid, gid_t gid, bool change_ids,
+                          int *stage)
 {
     struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
     struct __user_cap_data_struct data[2];
@@ -712,8 +784,9 @@ static int child_lockdown(const struct jail_prep *pr, uid_t uid, gid_t gid, bool
             return -1;
     if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) == -1 && errno != EINVAL)
         return -1;
-    if (prctl(PR_SET_SECUREBITS, SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_NO_SETUID_FIXUP |
-                                     SECBIT_NO_SETUID_FIXUP_LOCKED | SECBIT_KEEP_CAPS_LOCKED,
+    if (prctl(PR_SET_SECUREBITS,
+              SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_NO_SETUID_FIXUP |
+                  SECBIT_NO_SETUID_FIXUP_LOCKED | SECBIT_KEEP_CAPS_LOCKED,
               0, 0, 0) == -1)
         return -1;
     if (change_ids) {
@@ -736,7 +809,8 @@ static int child_lockdown(const struct jail_prep *pr, uid_t uid, gid_t gid, bool
 }
 
 /* The command process (pid 2): stdio, session, lockdown, exec. Never returns. */
-__attribute__((noreturn)) static void child_command(const struct jail_prep *pr, const struct jail_spec *spec,
+__attribute__((noreturn)) static void child_command(const struct jail_prep *pr,
+                                                    const struct jail_spec *spec,
                                                     const struct jail_child_fds *f)
 {
     struct sigaction sa;
@@ -792,8 +866,8 @@ __attribute__((noreturn)) static void child_command(const struct jail_prep *pr, 
 }
 
 /* The sandbox init (pid 1 of the new PID namespace). Never returns. */
-__attribute__((noreturn)) static void child_init(const struct jail_prep *pr, const struct jail_spec *spec,
-                                                 const struct jail_child_fds *f)
+__attribute__((noreturn)) static void
+child_init(const struct jail_prep *pr, const struct jail_spec *spec, const struct jail_child_fds *f)
 {
     char c;
     int stage = 0;
@@ -968,11 +1042,12 @@ int jail_spawn(const struct jail_spec *spec, struct jail_proc *proc, char *err, 
             n = read(err_r, &ce, sizeof(ce));
         while (n == -1 && errno == EINTR);
         if (n == (ssize_t)sizeof(ce)) {
-            const char *what = ce.stage > 0 && ce.stage < (int)ARRAY_LEN(jail_stage_names) ? jail_stage_names[ce.stage]
-                                                                                          : "starting";
+            const char *what = ce.stage > 0 && ce.stage < (int)ARRAY_LEN(jail_stage_names)
+                                   ? jail_stage_names[ce.stage]
+                                   : "starting";
             if (ce.stage == ST_MOUNT && ce.op >= 0 && (size_t)ce.op < pr.plan.n)
-                jf_err(err, errlen, "sandbox setup failed %s (%s): %s", what, pr.plan.ops[ce.op].dst,
-                       strerror(ce.errnum));
+                jf_err(err, errlen, "sandbox setup failed %s (%s): %s", what,
+                       pr.plan.ops[ce.op].dst, strerror(ce.errnum));
             else if (ce.stage == ST_SOURCE && ce.op >= 0 && (size_t)ce.op < pr.n_src)
                 jf_err(err, errlen, "sandbox setup failed %s (%s): %s", what, pr.src_paths[ce.op],
                        strerror(ce.errnum));
@@ -996,15 +1071,14 @@ int jail_spawn(const struct jail_spec *spec, struct jail_proc *proc, char *err, 
 fail_errno:
     jf_err(err, errlen, "cannot start the sandbox: %s", strerror(errno));
     goto out;
-fail_kill:
-    {
-        int st;
-        kill(pid, SIGKILL);
-        while (waitpid(pid, &st, 0) == -1 && errno == EINTR)
-            ;
-        close_fd(&proc->pidfd);
-        proc->pid = -1;
-    }
+fail_kill : {
+    int st;
+    kill(pid, SIGKILL);
+    while (waitpid(pid, &st, 0) == -1 && errno == EINTR)
+        ;
+    close_fd(&proc->pidfd);
+    proc->pid = -1;
+}
 out:
     close_fd(&cf.sync_r);
     close_fd(&cf.err_w);
@@ -1196,10 +1270,12 @@ int jail_run(const struct jail_spec *spec, const void *stdin_data, size_t stdin_
         if (poll(pfd, (nfds_t)np, ms) == -1 && errno != EINTR)
             break;
         if (proc.stdout_fd >= 0 && (pfd[0].revents & (POLLIN | POLLHUP | POLLERR)) &&
-            jail_drain(proc.stdout_fd, &res->out, &res->out_len, &out_cap, max_output, &res->out_truncated) == 0)
+            jail_drain(proc.stdout_fd, &res->out, &res->out_len, &out_cap, max_output,
+                       &res->out_truncated) == 0)
             close_fd(&proc.stdout_fd);
         if (proc.stderr_fd >= 0 && (pfd[1].revents & (POLLIN | POLLHUP | POLLERR)) &&
-            jail_drain(proc.stderr_fd, &res->err, &res->err_len, &err_cap, max_output, &res->err_truncated) == 0)
+            jail_drain(proc.stderr_fd, &res->err, &res->err_len, &err_cap, max_output,
+                       &res->err_truncated) == 0)
             close_fd(&proc.stderr_fd);
         if (proc.stdin_fd >= 0 && (pfd[2].revents & (POLLOUT | POLLHUP | POLLERR))) {
             ssize_t w = write(proc.stdin_fd, in + fed, stdin_len - fed);

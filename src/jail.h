@@ -47,8 +47,8 @@
 struct cgroup;
 
 /* Where the CA bundle appears inside, and what the trust variables point at. */
-#define JAIL_CA_BUNDLE_PATH "/etc/ssl/certs/ca-certificates.crt"
-#define JAIL_DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#define JAIL_CA_BUNDLE_PATH          "/etc/ssl/certs/ca-certificates.crt"
+#define JAIL_DEFAULT_PATH            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #define JAIL_DEFAULT_WORKSPACE_MOUNT "/workspace"
 /* /tmp size when fs_capacity_bytes is 0. */
 #define JAIL_DEFAULT_TMP_BYTES (256ull << 20)
@@ -63,44 +63,44 @@ struct jail_bind {
 
 /* What to run and how. Everything is borrowed for the duration of jail_spawn only. */
 struct jail_spec {
-    const char *const *argv;  /* NULL-terminated, argv[0] looked up in the built PATH */
-    const char *const *env;   /* NULL-terminated "NAME=value" list, or NULL; later entries
-                                 replace earlier ones and the built-in PATH/HOME/CA variables */
-    const char *path;         /* PATH inside; NULL = JAIL_DEFAULT_PATH */
-    const char *home;         /* HOME inside; NULL = the workspace mount (or /tmp without one) */
-    const char *cwd;          /* working directory inside; NULL = HOME */
-    const char *ca_bundle;    /* host path of the CA bundle (system roots + authproxy's CA);
-                                 NULL = no bundle and no trust variables */
-    const char *workspace;    /* host directory bound writable; NULL = none */
+    const char *const *argv;     /* NULL-terminated, argv[0] looked up in the built PATH */
+    const char *const *env;      /* NULL-terminated "NAME=value" list, or NULL; later entries
+                                    replace earlier ones and the built-in PATH/HOME/CA variables */
+    const char *path;            /* PATH inside; NULL = JAIL_DEFAULT_PATH */
+    const char *home;            /* HOME inside; NULL = the workspace mount (or /tmp without one) */
+    const char *cwd;             /* working directory inside; NULL = HOME */
+    const char *ca_bundle;       /* host path of the CA bundle (system roots + authproxy's CA);
+                                    NULL = no bundle and no trust variables */
+    const char *workspace;       /* host directory bound writable; NULL = none */
     const char *workspace_mount; /* where it appears; NULL = JAIL_DEFAULT_WORKSPACE_MOUNT */
-    const char *tmp_dir;      /* host directory bound at /tmp instead of a fresh tmpfs, or NULL */
+    const char *tmp_dir;        /* host directory bound at /tmp instead of a fresh tmpfs, or NULL */
     uint64_t fs_capacity_bytes; /* size of the private /tmp and /dev/shm; 0 = default */
     const char *const *hidden_paths; /* NULL-terminated host paths to hide, or NULL; paths
                                         that do not exist are ignored */
-    const struct jail_bind *binds; /* n_binds extra binds */
+    const struct jail_bind *binds;   /* n_binds extra binds */
     size_t n_binds;
-    int netns_fd;             /* network namespace to join; -1 = a new one (loopback up only) */
-    struct cgroup *cgroup;    /* placed into before anything runs; NULL = none. Borrowed: must
-                                 outlive the jail_proc. */
-    const char *hostname;     /* NULL = "sandbox" */
-    uid_t uid;                /* ids the command runs as. 0/0 keeps uid 0 (without any
-                                 capability); an unprivileged id is stronger (root-owned 0600
-                                 files and unix sockets stay out of reach) */
+    int netns_fd;          /* network namespace to join; -1 = a new one (loopback up only) */
+    struct cgroup *cgroup; /* placed into before anything runs; NULL = none. Borrowed: must
+                              outlive the jail_proc. */
+    const char *hostname;  /* NULL = "sandbox" */
+    uid_t uid;             /* ids the command runs as. 0/0 keeps uid 0 (without any
+                              capability); an unprivileged id is stronger (root-owned 0600
+                              files and unix sockets stay out of reach) */
     gid_t gid;
-    bool want_stdin;          /* give the parent a pipe to the command's stdin; else /dev/null */
-    unsigned timeout_ms;      /* wall-clock limit, 0 = none (enforced by jail_wait/jail_run) */
+    bool want_stdin;     /* give the parent a pipe to the command's stdin; else /dev/null */
+    unsigned timeout_ms; /* wall-clock limit, 0 = none (enforced by jail_wait/jail_run) */
 };
 
 /* A running jail, owned by the caller: jail_wait until it returns 1, then jail_proc_close
  * (which also kills and reaps if needed). */
 struct jail_proc {
-    pid_t pid;       /* host pid of the sandbox init */
-    int pidfd;       /* readable (poll) once init has exited; -1 if the kernel lacks pidfd */
-    int stdin_fd;    /* write end of the command's stdin, -1 unless want_stdin */
-    int stdout_fd;   /* read ends of the command's stdout and stderr (blocking, CLOEXEC) */
+    pid_t pid;     /* host pid of the sandbox init */
+    int pidfd;     /* readable (poll) once init has exited; -1 if the kernel lacks pidfd */
+    int stdin_fd;  /* write end of the command's stdin, -1 unless want_stdin */
+    int stdout_fd; /* read ends of the command's stdout and stderr (blocking, CLOEXEC) */
     int stderr_fd;
-    int status_fd;   /* internal: init reports the command's wait status here */
-    uint64_t deadline_us; /* monotonic_us() deadline, 0 = none */
+    int status_fd;         /* internal: init reports the command's wait status here */
+    uint64_t deadline_us;  /* monotonic_us() deadline, 0 = none */
     struct cgroup *cgroup; /* borrowed from the spec */
     uint64_t oom_before;   /* cgroup OOM kills before the command started */
     bool timed_out;

@@ -27,8 +27,8 @@ void log_msg(enum log_level level, const char *fmt, ...)
     clock_gettime(CLOCK_REALTIME, &ts);
     gmtime_r(&ts.tv_sec, &tm);
     int n = (int)strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%S", &tm);
-    n += snprintf(line + n, sizeof(line) - (size_t)n, ".%03ldZ authproxy[%d] %s: ",
-                  ts.tv_nsec / 1000000, (int)getpid(), names[level]);
+    n += snprintf(line + n, sizeof(line) - (size_t)n,
+                  ".%03ldZ authproxy[%d] %s: ", ts.tv_nsec / 1000000, (int)getpid(), names[level]);
     va_list ap;
     va_start(ap, fmt);
     int m = vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);

@@ -68,15 +68,33 @@ static int cmd_serve(int argc, char **argv)
     int ch;
     while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         switch (ch) {
-        case 'c': opt.config_path = optarg; break;
-        case 's': opt.state_dir = optarg; break;
-        case 'p': opt.listen_proxy = optarg; break;
-        case 'C': opt.listen_control = optarg; break;
-        case 'a': opt.audit_path = optarg; break;
-        case 'u': opt.upstream_dns = optarg; break;
-        case 'v': log_set_level(LOG_DEBUG); break;
-        case 't': opt.listen_transparent = optarg; break;
-        case 'd': opt.listen_dns = optarg; break;
+        case 'c':
+            opt.config_path = optarg;
+            break;
+        case 's':
+            opt.state_dir = optarg;
+            break;
+        case 'p':
+            opt.listen_proxy = optarg;
+            break;
+        case 'C':
+            opt.listen_control = optarg;
+            break;
+        case 'a':
+            opt.audit_path = optarg;
+            break;
+        case 'u':
+            opt.upstream_dns = optarg;
+            break;
+        case 'v':
+            log_set_level(LOG_DEBUG);
+            break;
+        case 't':
+            opt.listen_transparent = optarg;
+            break;
+        case 'd':
+            opt.listen_dns = optarg;
+            break;
         case 'w': {
             char *end;
             long n = strtol(optarg, &end, 10);
@@ -117,9 +135,9 @@ static int cmd_sandbox(int argc, char **argv)
         "[--mem-bytes N] [--timeout S] [--upstream-dns ADDR:PORT] -- CMD [ARG...]";
     struct sandbox_run_options o = {.state_dir = DEFAULT_STATE_DIR};
     static const struct option longopts[] = {
-        {"config", required_argument, NULL, 'c'},   {"state-dir", required_argument, NULL, 's'},
-        {"name", required_argument, NULL, 'n'},     {"vcpus", required_argument, NULL, 'v'},
-        {"mem-bytes", required_argument, NULL, 'm'}, {"timeout", required_argument, NULL, 't'},
+        {"config", required_argument, NULL, 'c'},       {"state-dir", required_argument, NULL, 's'},
+        {"name", required_argument, NULL, 'n'},         {"vcpus", required_argument, NULL, 'v'},
+        {"mem-bytes", required_argument, NULL, 'm'},    {"timeout", required_argument, NULL, 't'},
         {"upstream-dns", required_argument, NULL, 'u'}, {NULL, 0, NULL, 0},
     };
     if (argc < 2 || strcmp(argv[1], "run") != 0) {
@@ -131,17 +149,28 @@ static int cmd_sandbox(int argc, char **argv)
     long long n;
     while ((ch = getopt_long(argc, argv, "+", longopts, NULL)) != -1) {
         switch (ch) {
-        case 'c': o.config_path = optarg; break;
-        case 's': o.state_dir = optarg; break;
-        case 'n': o.name = optarg; break;
-        case 'u': o.upstream_dns = optarg; break;
+        case 'c':
+            o.config_path = optarg;
+            break;
+        case 's':
+            o.state_dir = optarg;
+            break;
+        case 'n':
+            o.name = optarg;
+            break;
+        case 'u':
+            o.upstream_dns = optarg;
+            break;
         case 'v':
         case 'm':
         case 't':
             n = parse_count(optarg, ch == 'm' ? (1LL << 50) : 86400);
             if (n < 0) {
                 fprintf(stderr, "authproxy: invalid number for --%s: %s\n",
-                        ch == 'v' ? "vcpus" : ch == 'm' ? "mem-bytes" : "timeout", optarg);
+                        ch == 'v'   ? "vcpus"
+                        : ch == 'm' ? "mem-bytes"
+                                    : "timeout",
+                        optarg);
                 return 2;
             }
             if (ch == 'v')
@@ -262,8 +291,10 @@ static int cmd_workspace(int argc, char **argv)
     int rc = store_workspace_create(control_store(ctl), name, &ws, &key);
     if (rc == STORE_OK) {
         printf("%s\n", key);
-        fprintf(stderr, "created workspace \"%s\" (id %s); its API key is printed above and "
-                        "cannot be shown again\n", ws.name, ws.id);
+        fprintf(stderr,
+                "created workspace \"%s\" (id %s); its API key is printed above and "
+                "cannot be shown again\n",
+                ws.name, ws.id);
     } else {
         fprintf(stderr, "authproxy: cannot create workspace \"%s\": %s\n", name,
                 rc == STORE_EXISTS ? "the name is taken" : store_strerror(rc));
@@ -304,8 +335,9 @@ static int cmd_keys(int argc, char **argv)
     size_t n = 0;
     int rc = store_reseal_all(st, &n);
     if (rc != STORE_OK) {
-        fprintf(stderr, "authproxy: re-sealing failed (%s); nothing was changed in the store, "
-                        "values stay sealed under the previous key, which is kept\n",
+        fprintf(stderr,
+                "authproxy: re-sealing failed (%s); nothing was changed in the store, "
+                "values stay sealed under the previous key, which is kept\n",
                 store_strerror(rc));
         goto out;
     }

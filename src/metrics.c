@@ -13,7 +13,7 @@ static const double latency_bounds[METRICS_LATENCY_BUCKETS] = {
 };
 
 static const char *const decision_names[METRICS_N_DECISIONS] = {"allowed", "denied", "bypassed",
-                                                                 "error"};
+                                                                "error"};
 
 void metrics_init(struct metrics *m)
 {
@@ -155,7 +155,8 @@ void metrics_render(struct evbuffer *out, struct metrics *const *blocks, size_t 
     for (int i = 0; i < METRICS_LATENCY_BUCKETS; i++) {
         cumulative += buckets[i];
         if (i == METRICS_LATENCY_BUCKETS - 1)
-            evbuffer_add_printf(out, "authproxy_request_duration_seconds_bucket{le=\"+Inf\"} %llu\n",
+            evbuffer_add_printf(out,
+                                "authproxy_request_duration_seconds_bucket{le=\"+Inf\"} %llu\n",
                                 (unsigned long long)cumulative);
         else
             evbuffer_add_printf(out, "authproxy_request_duration_seconds_bucket{le=\"%g\"} %llu\n",

@@ -13,7 +13,7 @@
 
 struct evbuffer;
 
-#define METRICS_MAX_RULES 256
+#define METRICS_MAX_RULES       256
 #define METRICS_LATENCY_BUCKETS 14
 
 enum metrics_decision {

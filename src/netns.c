@@ -27,7 +27,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define SLOT_BITS 2u /* one /30 per sandbox: network, host end (.1), sandbox end (.2), broadcast */
+#define SLOT_BITS 2u /* one /30 per sandbox: network, host end (.1), sandbox end (.2), broadcast   \
+                      */
 
 struct netns_pool {
     uint32_t base;   /* host byte order, aligned to the prefix */
@@ -48,8 +49,8 @@ static pthread_mutex_t nft_mu = PTHREAD_MUTEX_INITIALIZER;
 static bool name_chars_ok(const char *s, bool allow_underscore)
 {
     for (; *s != '\0'; s++) {
-        bool ok = (*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') ||
-                  (allow_underscore && *s == '_');
+        bool ok =
+            (*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') || (allow_underscore && *s == '_');
         if (!ok)
             return false;
     }
@@ -99,10 +100,12 @@ struct netns_pool *netns_pool_new(const struct netns_pool_config *cfg, char **er
 
     if (!parse_cidr(cidr, &base, &plen))
         msg = xasprintf("netns pool_cidr: expected an IPv4 network a.b.c.d/8..30 with no host "
-                        "bits set, found \"%s\"", cidr);
+                        "bits set, found \"%s\"",
+                        cidr);
     else if (np[0] < 'a' || np[0] > 'z' || strlen(np) > 24 || !name_chars_ok(np, true))
         msg = xasprintf("netns name_prefix: expected 1-24 characters [a-z0-9_] starting with a "
-                        "letter, found \"%s\"", np);
+                        "letter, found \"%s\"",
+                        np);
     else if (lp[0] == '\0' || strlen(lp) > 4 || !name_chars_ok(lp, false))
         msg = xasprintf("netns link_prefix: expected 1-4 characters [a-z0-9], found \"%s\"", lp);
     else if (lock[0] != '/')
@@ -313,8 +316,8 @@ static int nl_link_up(int fd, int ifindex)
 {
     struct nlmsg m;
     nl_init(&m, RTM_NEWLINK, 0);
-    struct ifinfomsg ifi = {.ifi_family = AF_UNSPEC, .ifi_index = ifindex,
-                            .ifi_flags = IFF_UP, .ifi_change = IFF_UP};
+    struct ifinfomsg ifi = {
+        .ifi_family = AF_UNSPEC, .ifi_index = ifindex, .ifi_flags = IFF_UP, .ifi_change = IFF_UP};
     nl_put(&m, &ifi, sizeof(ifi));
     return nl_talk(fd, &m, NULL, NULL);
 }
@@ -323,8 +326,10 @@ static int nl_addr_add(int fd, int ifindex, struct in_addr addr, unsigned plen)
 {
     struct nlmsg m;
     nl_init(&m, RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL);
-    struct ifaddrmsg ifa = {.ifa_family = AF_INET, .ifa_prefixlen = (unsigned char)plen,
-                            .ifa_scope = RT_SCOPE_UNIVERSE, .ifa_index = (unsigned)ifindex};
+    struct ifaddrmsg ifa = {.ifa_family = AF_INET,
+                            .ifa_prefixlen = (unsigned char)plen,
+                            .ifa_scope = RT_SCOPE_UNIVERSE,
+                            .ifa_index = (unsigned)ifindex};
     nl_put(&m, &ifa, sizeof(ifa));
     nl_attr(&m, IFA_LOCAL, &addr, sizeof(addr));
     nl_attr(&m, IFA_ADDRESS, &addr, sizeof(addr));
@@ -335,8 +340,10 @@ static int nl_default_route(int fd, int ifindex, struct in_addr gw)
 {
     struct nlmsg m;
     nl_init(&m, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL);
-    struct rtmsg rt = {.rtm_family = AF_INET, .rtm_table = RT_TABLE_MAIN,
-                       .rtm_protocol = RTPROT_BOOT, .rtm_scope = RT_SCOPE_UNIVERSE,
+    struct rtmsg rt = {.rtm_family = AF_INET,
+                       .rtm_table = RT_TABLE_MAIN,
+                       .rtm_protocol = RTPROT_BOOT,
+                       .rtm_scope = RT_SCOPE_UNIVERSE,
                        .rtm_type = RTN_UNICAST};
     nl_put(&m, &rt, sizeof(rt));
     nl_attr(&m, RTA_GATEWAY, &gw, sizeof(gw));
@@ -456,7 +463,8 @@ static int run_dir_prepare(void)
     }
     if (mount("", NETNS_RUN_DIR, "none", MS_SHARED | MS_REC, NULL) == 0)
         return 0;
-    if (errno == EINVAL && mount(NETNS_RUN_DIR, NETNS_RUN_DIR, "none", MS_BIND | MS_REC, NULL) == 0 &&
+    if (errno == EINVAL &&
+        mount(NETNS_RUN_DIR, NETNS_RUN_DIR, "none", MS_BIND | MS_REC, NULL) == 0 &&
         mount("", NETNS_RUN_DIR, "none", MS_SHARED | MS_REC, NULL) == 0)
         return 0;
     log_error("netns: making %s a shared mount: %s", NETNS_RUN_DIR, strerror(errno));
@@ -591,46 +599,45 @@ static char *host_ruleset(const struct netns_handle *h)
     inet_ntop(AF_INET, &h->host_addr, host, sizeof(host));
     const char *l = h->host_ifname;
     unsigned t = h->transparent_port, d = h->dns_port;
-    return xasprintf(
-        "table inet %s {\n"
-        "  chain prerouting_filter {\n"
-        "    type filter hook prerouting priority -150; policy accept;\n"
-        "    iifname \"%s\" jump from_sandbox\n"
-        "  }\n"
-        "  chain from_sandbox {\n"
-        "    meta nfproto ipv6 drop\n"
-        "    ct state established,related accept\n"
-        "    meta l4proto tcp accept\n"
-        "    udp dport 53 accept\n"
-        "    ip daddr %s icmp type echo-request accept\n"
-        "    drop\n"
-        "  }\n"
-        "  chain prerouting_nat {\n"
-        "    type nat hook prerouting priority -100; policy accept;\n"
-        "    iifname \"%s\" tcp dport 53 dnat ip to %s:%u\n"
-        "    iifname \"%s\" udp dport 53 dnat ip to %s:%u\n"
-        "    iifname \"%s\" meta l4proto tcp dnat ip to %s:%u\n"
-        "  }\n"
-        "  chain input {\n"
-        "    type filter hook input priority 0; policy accept;\n"
-        "    iifname \"%s\" jump to_host\n"
-        "  }\n"
-        "  chain to_host {\n"
-        "    ct state established,related accept\n"
-        "    ip daddr %s tcp dport %u accept\n"
-        "    ip daddr %s tcp dport %u accept\n"
-        "    ip daddr %s udp dport %u accept\n"
-        "    ip daddr %s icmp type echo-request accept\n"
-        "    drop\n"
-        "  }\n"
-        "  chain forward {\n"
-        "    type filter hook forward priority 0; policy accept;\n"
-        "    iifname \"%s\" drop\n"
-        "    oifname \"%s\" drop\n"
-        "  }\n"
-        "}\n",
-        h->host_table, l, host, l, host, d, l, host, d, l, host, t, l, host, t, host, d, host, d,
-        host, l, l);
+    return xasprintf("table inet %s {\n"
+                     "  chain prerouting_filter {\n"
+                     "    type filter hook prerouting priority -150; policy accept;\n"
+                     "    iifname \"%s\" jump from_sandbox\n"
+                     "  }\n"
+                     "  chain from_sandbox {\n"
+                     "    meta nfproto ipv6 drop\n"
+                     "    ct state established,related accept\n"
+                     "    meta l4proto tcp accept\n"
+                     "    udp dport 53 accept\n"
+                     "    ip daddr %s icmp type echo-request accept\n"
+                     "    drop\n"
+                     "  }\n"
+                     "  chain prerouting_nat {\n"
+                     "    type nat hook prerouting priority -100; policy accept;\n"
+                     "    iifname \"%s\" tcp dport 53 dnat ip to %s:%u\n"
+                     "    iifname \"%s\" udp dport 53 dnat ip to %s:%u\n"
+                     "    iifname \"%s\" meta l4proto tcp dnat ip to %s:%u\n"
+                     "  }\n"
+                     "  chain input {\n"
+                     "    type filter hook input priority 0; policy accept;\n"
+                     "    iifname \"%s\" jump to_host\n"
+                     "  }\n"
+                     "  chain to_host {\n"
+                     "    ct state established,related accept\n"
+                     "    ip daddr %s tcp dport %u accept\n"
+                     "    ip daddr %s tcp dport %u accept\n"
+                     "    ip daddr %s udp dport %u accept\n"
+                     "    ip daddr %s icmp type echo-request accept\n"
+                     "    drop\n"
+                     "  }\n"
+                     "  chain forward {\n"
+                     "    type filter hook forward priority 0; policy accept;\n"
+                     "    iifname \"%s\" drop\n"
+                     "    oifname \"%s\" drop\n"
+                     "  }\n"
+                     "}\n",
+                     h->host_table, l, host, l, host, d, l, host, d, l, host, t, l, host, t, host,
+                     d, host, d, host, l, l);
 }
 
 /* Takes the allocator locks (in-process mutex, then the cross-process flock). Returns the
@@ -855,7 +862,8 @@ struct netns_handle *netns_create(struct netns_pool *pool, const char *sandbox_i
     /* The host end needs no IPv6 either (no router solicitations towards the sandbox). */
     char *sysctl = xasprintf("/proc/sys/net/ipv6/conf/%s/disable_ipv6", h->host_ifname);
     if (write_sysctl(sysctl, "1", true) == -1)
-        log_warn("netns: IPv6 stays enabled on %s (the host table drops it anyway)", h->host_ifname);
+        log_warn("netns: IPv6 stays enabled on %s (the host table drops it anyway)",
+                 h->host_ifname);
     free(sysctl);
     free(rules);
     char sb[INET_ADDRSTRLEN];

@@ -40,8 +40,8 @@
  *
  * Threads: netns_create() does the work inside the new namespace on a short-lived helper
  * thread, so the calling thread never changes namespace; the caller must itself be in the host
- * namespace (the host end and the host table go where the caller is). libnftables calls are serialised
- * process-wide. All functions need CAP_NET_ADMIN and CAP_SYS_ADMIN (root).
+ * namespace (the host end and the host table go where the caller is). libnftables calls are
+ * serialised process-wide. All functions need CAP_NET_ADMIN and CAP_SYS_ADMIN (root).
  *
  * Names: <short> is the first 12 [a-z0-9] characters of the sandbox id (a UUID gives 48 random
  * bits), fewer when link_prefix is longer than 2 characters (interface names are at most 15). */
@@ -73,11 +73,11 @@ struct netns_pool; /* opaque: the parsed configuration and the in-process alloca
 /* One sandbox's network. Every field is filled by netns_create() and read-only for callers. */
 struct netns_handle {
     char short_id[NETNS_SHORT_MAX + 1];
-    char name[48];        /* namespace name, as `ip netns` shows it */
-    char path[80];        /* NETNS_RUN_DIR "/" name: the bind mount */
-    char host_ifname[16]; /* host end of the veth */
-    char host_table[48];  /* host nft table (family inet) */
-    int fd;               /* namespace fd, O_CLOEXEC; -1 once destroyed */
+    char name[48];               /* namespace name, as `ip netns` shows it */
+    char path[80];               /* NETNS_RUN_DIR "/" name: the bind mount */
+    char host_ifname[16];        /* host end of the veth */
+    char host_table[48];         /* host nft table (family inet) */
+    int fd;                      /* namespace fd, O_CLOEXEC; -1 once destroyed */
     struct in_addr host_addr;    /* host end: the proxy's address as the sandbox sees it */
     struct in_addr sandbox_addr; /* eth0 inside: the source address of the sandbox's traffic */
     unsigned prefix_len;         /* 30 */

@@ -86,21 +86,22 @@ struct policy_callback {
 };
 
 enum policy_host_verdict {
-    POLICY_HOST_DENY = 1,   /* refused by access_control */
-    POLICY_HOST_BYPASS,     /* no_proxy: tunnel untouched, no TLS termination */
-    POLICY_HOST_INSPECT,    /* terminate TLS / parse HTTP and decide per request */
+    POLICY_HOST_DENY = 1, /* refused by access_control */
+    POLICY_HOST_BYPASS,   /* no_proxy: tunnel untouched, no TLS termination */
+    POLICY_HOST_INSPECT,  /* terminate TLS / parse HTTP and decide per request */
 };
 
 struct policy_host_decision {
     enum policy_host_verdict verdict;
-    const char *decided_by; /* "deny_list", "allow_list", "no_proxy" or NULL: for 403 bodies and audit */
+    const char
+        *decided_by; /* "deny_list", "allow_list", "no_proxy" or NULL: for 403 bodies and audit */
 };
 
 enum policy_request_action {
-    POLICY_FORWARD = 1,       /* no rule or callback applies: forward unchanged */
-    POLICY_INJECT,            /* rule matched: inject rule->headers */
-    POLICY_CALLBACK,          /* no rule host matched; callback resolves the headers */
-    POLICY_REFUSE_PLAINTEXT,  /* rule matched but the request would leave in plain text */
+    POLICY_FORWARD = 1,      /* no rule or callback applies: forward unchanged */
+    POLICY_INJECT,           /* rule matched: inject rule->headers */
+    POLICY_CALLBACK,         /* no rule host matched; callback resolves the headers */
+    POLICY_REFUSE_PLAINTEXT, /* rule matched but the request would leave in plain text */
 };
 
 /* Callback credentials are held to the same TLS-only rule as a rule's: a plain-HTTP request

@@ -12,7 +12,7 @@
 #include <stdint.h>
 
 struct sandbox_run_options {
-    const char *config_path;  /* may be NULL */
+    const char *config_path; /* may be NULL */
     const char *state_dir;
     const char *name;         /* NULL: generated */
     const char *upstream_dns; /* resolver for the proxy itself, or NULL */

@@ -22,7 +22,7 @@ struct secret_set {
 
 /* secret_source.get over the set. */
 static const char *secret_set_get(void *ctx, const char *key, const struct host_pattern **hosts,
-                                     size_t *n_hosts)
+                                  size_t *n_hosts)
 {
     const struct secret_set *s = ctx;
     for (size_t i = 0; i < s->n; i++)
@@ -51,8 +51,8 @@ static void secret_set_clear(struct secret_set *s)
 /* Compiles a secret's "configs" ([{"host": "..."}]) into its host binding. On a problem the
  * binding is left empty, so the policy does not report the same problem again as a binding
  * violation (the config fails anyway). */
-static void secret_set_binding(const json_t *configs, const char *path,
-                                  struct secret_entry *out, struct errlist *errs)
+static void secret_set_binding(const json_t *configs, const char *path, struct secret_entry *out,
+                               struct errlist *errs)
 {
     static const char *const keys[] = {"host", NULL};
     char q[80];

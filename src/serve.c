@@ -375,8 +375,8 @@ struct server *server_start(const struct serve_options *opt)
     int n = opt->workers > 0 ? opt->workers : (int)sysconf(_SC_NPROCESSORS_ONLN);
     n = n < 1 ? 1 : (n > MAX_WORKERS ? MAX_WORKERS : n);
     for (int i = 0; i < n; i++) {
-        s->workers[i] = worker_new(i, &s->shared, s->proxy_fd, s->transparent_fd, s->current, err,
-                                   sizeof(err));
+        s->workers[i] =
+            worker_new(i, &s->shared, s->proxy_fd, s->transparent_fd, s->current, err, sizeof(err));
         if (i == 0 && s->workers[0] != NULL && opt->listen_dns != NULL) {
             struct dns_server_config dc = {
                 .listen = opt->listen_dns,

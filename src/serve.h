@@ -10,15 +10,15 @@
 #include <stdint.h>
 
 struct serve_options {
-    const char *config_path;    /* NULL: empty policy (forward everything unchanged) */
-    const char *state_dir;      /* default ./var/authproxy */
-    const char *listen_proxy;   /* default 127.0.0.1:8080 */
-    const char *listen_control; /* default 127.0.0.1:8081; NULL: no control API and no store */
+    const char *config_path;        /* NULL: empty policy (forward everything unchanged) */
+    const char *state_dir;          /* default ./var/authproxy */
+    const char *listen_proxy;       /* default 127.0.0.1:8080 */
+    const char *listen_control;     /* default 127.0.0.1:8081; NULL: no control API and no store */
     const char *listen_transparent; /* sandboxes' captured TCP ("0.0.0.0:0"), or NULL */
     const char *listen_dns;         /* sandboxes' resolver, UDP+TCP ("0.0.0.0:0"), or NULL */
-    const char *audit_path;     /* "-" = stdout, NULL = <state_dir>/audit.log */
-    const char *upstream_dns;   /* NULL: /etc/resolv.conf */
-    int workers;                /* 0: one per CPU */
+    const char *audit_path;         /* "-" = stdout, NULL = <state_dir>/audit.log */
+    const char *upstream_dns;       /* NULL: /etc/resolv.conf */
+    int workers;                    /* 0: one per CPU */
 };
 
 /* Runs until SIGTERM/SIGINT. Returns the process exit status. */

@@ -23,8 +23,8 @@ struct snapshot_base {
     atomic_int refs;
     struct config *config;             /* owned */
     struct tls_upstream *upstream_tls; /* owned */
-    bool anonymous_allowed; /* the --config file has a proxy_config: clients without a
-                               sandbox credential get its policy (else 407) */
+    bool anonymous_allowed;            /* the --config file has a proxy_config: clients without a
+                                          sandbox credential get its policy (else 407) */
 };
 
 struct snapshot {

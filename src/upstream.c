@@ -20,8 +20,8 @@
 #include "util.h"
 
 /* Idle pooled connections: at most this many per worker, and none older than this. */
-#define POOL_MAX_IDLE     256
-#define POOL_IDLE_MAX_US  (60u * 1000000u)
+#define POOL_MAX_IDLE    256
+#define POOL_IDLE_MAX_US (60u * 1000000u)
 
 enum uc_state { UC_RESOLVING = 1, UC_CONNECTING, UC_HANDSHAKING };
 
@@ -47,8 +47,8 @@ struct upstream_connect {
     struct evutil_addrinfo *addrs; /* owned; freed with evutil_freeaddrinfo */
     struct evutil_addrinfo *next_addr;
     int fd;
-    struct event *timer; /* connect + handshake deadline */
-    struct event *conn_ev; /* socket writable: TCP connect finished */
+    struct event *timer;    /* connect + handshake deadline */
+    struct event *conn_ev;  /* socket writable: TCP connect finished */
     struct event *start_ev; /* deferred start, so cb never runs inside upstream_connect_start */
     struct bufferevent *bev;
     upstream_connect_cb cb;
@@ -416,7 +416,8 @@ struct upstream *upstream_pool_take(struct worker *w, const char *host, uint16_t
     uint64_t now = monotonic_us();
     struct upstream *u, *found = NULL;
     /* Newest last: search from the tail so the warmest connection is reused. */
-    TAILQ_FOREACH_REVERSE(u, &w->idle_upstreams, upstream_list, idle_link) {
+    TAILQ_FOREACH_REVERSE(u, &w->idle_upstreams, upstream_list, idle_link)
+    {
         if (strcmp(u->key, key) == 0 && now - u->idle_since_us < POOL_IDLE_MAX_US) {
             found = u;
             break;

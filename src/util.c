@@ -182,7 +182,7 @@ char *read_file(const char *path, size_t max_len, size_t *len_out)
     if (len_out)
         *len_out = len;
     return buf;
-fail: {
+fail : {
     int saved = errno;
     close(fd);
     if (buf) {

@@ -18,8 +18,8 @@
 /* How long in-flight requests may run after a stop request before they are cut off. */
 #define SHUTDOWN_GRACE_SECONDS 10
 
-static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *addr,
-                      int len, void *arg)
+static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *addr, int len,
+                      void *arg)
 {
     (void)l;
     conn_accept_explicit(arg, fd, addr, len);
@@ -134,8 +134,8 @@ struct worker *worker_new(int index, const struct serve_shared *shared, int prox
     event_priority_set(w->wakeup, 0);
     event_add(w->wakeup, NULL);
     if (proxy_fd != -1) {
-        w->proxy_listener = evconnlistener_new(w->base, accept_cb, w, LEV_OPT_CLOSE_ON_EXEC, -1,
-                                               proxy_fd);
+        w->proxy_listener =
+            evconnlistener_new(w->base, accept_cb, w, LEV_OPT_CLOSE_ON_EXEC, -1, proxy_fd);
         if (w->proxy_listener == NULL) {
             snprintf(err, err_len, "cannot listen on the proxy socket");
             goto fail;

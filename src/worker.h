@@ -50,22 +50,22 @@ struct worker {
     struct evconnlistener *proxy_listener;
     struct evconnlistener *transparent_listener;
     struct dns_server *dns_server; /* the sandboxes' resolver, on worker 0 only; owned */
-    struct event *wakeup; /* activated from other threads: new snapshot, stop */
+    struct event *wakeup;          /* activated from other threads: new snapshot, stop */
 
     pthread_mutex_t lock; /* guards pending and stop_requested */
     struct snapshot *pending;
     bool stop_requested;
 
     /* Below: touched only by the worker's own thread. */
-    struct snapshot *current;  /* one reference */
-    struct conn_list conns;    /* every live client connection */
+    struct snapshot *current; /* one reference */
+    struct conn_list conns;   /* every live client connection */
     size_t n_conns;
     struct upstream_list idle_upstreams; /* pool of reusable upstream connections, LRU first */
     size_t n_idle_upstreams;
     bool draining; /* stop accepting; close connections as they go idle */
 
     atomic_uint_fast64_t applied_version; /* the snapshot version now in use (any thread reads) */
-    struct metrics metrics; /* written by this worker, read by /metrics scrapes */
+    struct metrics metrics;               /* written by this worker, read by /metrics scrapes */
 };
 
 /* Creates the worker's event base, DNS base and listeners on the shared listening sockets

@@ -30,7 +30,8 @@ static char *read_cg(const struct cgroup *cg, const char *ctl, const char *file)
     return s;
 }
 
-static void assert_cg_file(const struct cgroup *cg, const char *ctl, const char *file, const char *want)
+static void assert_cg_file(const struct cgroup *cg, const char *ctl, const char *file,
+                           const char *want)
 {
     char *s = read_cg(cg, ctl, file);
     assert_non_null(s);

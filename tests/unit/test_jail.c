@@ -21,10 +21,10 @@
 
 /* Host directories the tests use: not under /tmp (the jail's /tmp is private anyway, so a
  * secret under the host's /tmp would be hidden for the wrong reason). */
-static char g_ws[256];     /* workspace */
-static char g_state[256];  /* stands in for the daemon's state dir */
-static char g_conf[300];   /* stands in for a config file holding a secret */
-static char g_ca[300];     /* CA bundle */
+static char g_ws[256];    /* workspace */
+static char g_state[256]; /* stands in for the daemon's state dir */
+static char g_conf[300];  /* stands in for a config file holding a secret */
+static char g_ca[300];    /* CA bundle */
 
 #define SECRET "sk-test-4f1b8c2e-secret-value"
 #define CA_PEM "-----BEGIN CERTIFICATE-----\nTESTBUNDLE\n-----END CERTIFICATE-----\n"
@@ -113,9 +113,10 @@ static void test_env_is_built_from_scratch(void **state)
     struct jail_spec s = base_spec(argv);
     struct jail_result r;
     const char *expected[] = {
-        "CURL_CA_BUNDLE=" JAIL_CA_BUNDLE_PATH, "FOO=bar baz", "GIT_SSL_CAINFO=" JAIL_CA_BUNDLE_PATH,
-        "HOME=/workspace/home", "NODE_EXTRA_CA_CERTS=" JAIL_CA_BUNDLE_PATH, "PATH=" JAIL_DEFAULT_PATH,
-        "REQUESTS_CA_BUNDLE=" JAIL_CA_BUNDLE_PATH, "SSL_CERT_FILE=" JAIL_CA_BUNDLE_PATH,
+        "CURL_CA_BUNDLE=" JAIL_CA_BUNDLE_PATH,      "FOO=bar baz",
+        "GIT_SSL_CAINFO=" JAIL_CA_BUNDLE_PATH,      "HOME=/workspace/home",
+        "NODE_EXTRA_CA_CERTS=" JAIL_CA_BUNDLE_PATH, "PATH=" JAIL_DEFAULT_PATH,
+        "REQUESTS_CA_BUNDLE=" JAIL_CA_BUNDLE_PATH,  "SSL_CERT_FILE=" JAIL_CA_BUNDLE_PATH,
     };
     char *lines[32];
     size_t n = 0;
@@ -149,7 +150,8 @@ static void test_hidden_paths_show_nothing(void **state)
 {
     (void)state;
     struct jail_result r;
-    char *script = xasprintf("cat '%s/ca.key' '%s' 2>/dev/null; ls -A '%s'; echo end", g_state, g_conf, g_state);
+    char *script = xasprintf("cat '%s/ca.key' '%s' 2>/dev/null; ls -A '%s'; echo end", g_state,
+                             g_conf, g_state);
     const char *argv[] = {"sh", "-c", script, NULL};
     struct jail_spec s = base_spec(argv);
 
@@ -186,8 +188,10 @@ static void test_root_is_read_only_tmp_and_workspace_writable(void **state)
     (void)state;
     struct jail_result r;
 
-    run_sh("touch /usr/jail-test 2>/dev/null || echo ro-usr; touch /etc/jail-test 2>/dev/null || echo ro-etc;"
-           "touch /jail-test 2>/dev/null || echo ro-root; mkdir /var/lib/jail-test 2>/dev/null || echo ro-var;"
+    run_sh("touch /usr/jail-test 2>/dev/null || echo ro-usr; touch /etc/jail-test 2>/dev/null || "
+           "echo ro-etc;"
+           "touch /jail-test 2>/dev/null || echo ro-root; mkdir /var/lib/jail-test 2>/dev/null || "
+           "echo ro-var;"
            "echo t > /tmp/f && cat /tmp/f; echo w > /workspace/written && echo ws-ok; pwd",
            &r);
     assert_string_equal(r.out, "ro-usr\nro-etc\nro-root\nro-var\nt\nws-ok\n/workspace\n");
@@ -203,16 +207,18 @@ static void test_root_is_read_only_tmp_and_workspace_writable(void **state)
 static void test_tmp_is_capped_at_fs_capacity(void **state)
 {
     (void)state;
-    const char *argv[] = {"sh", "-c",
-                          "head -c 3000000 /dev/zero > /tmp/big 2>/dev/null && echo fit || echo full;"
-                          "rm /tmp/big; head -c 500000 /dev/zero > /tmp/small && echo small-ok",
-                          NULL};
+    const char *argv[] = {
+        "sh", "-c",
+        "head -c 3000000 /dev/zero > /tmp/big 2>/dev/null && echo fit || echo full;"
+        "rm /tmp/big; head -c 500000 /dev/zero > /tmp/small && echo small-ok",
+        NULL};
     struct jail_spec s = base_spec(argv);
     struct jail_result r;
 
     s.fs_capacity_bytes = 2u << 20;
     run(&s, &r);
-    assert_string_equal(r.out, "full\n" "small-ok\n");
+    assert_string_equal(r.out, "full\n"
+                               "small-ok\n");
     jail_result_free(&r);
 }
 
@@ -325,7 +331,8 @@ static void test_escapes_refused_with_eperm(void **state)
            "print(\"unshare-user\", e(libc.unshare(0x10000000)))\n"
            "print(\"mount\", e(libc.mount(b\"none\", b\"/mnt\", b\"tmpfs\", 0, None)))\n"
            "print(\"setns\", e(libc.setns(os.open(\"/proc/self/ns/net\", os.O_RDONLY), 0)))\n"
-           "print(\"clone-newnet\", e(0 if libc.syscall(56, 0x40000000 | 17, 0, 0, 0, 0) >= 0 else -1))\n"
+           "print(\"clone-newnet\", e(0 if libc.syscall(56, 0x40000000 | 17, 0, 0, 0, 0) >= 0 else "
+           "-1))\n"
            "for name, args in ((\"raw\", (socket.AF_INET, socket.SOCK_RAW, 1)),\n"
            "                   (\"packet\", (socket.AF_PACKET, socket.SOCK_DGRAM, 0))):\n"
            "    try:\n"
@@ -335,18 +342,20 @@ static void test_escapes_refused_with_eperm(void **state)
            "print(\"fork\", \"ok\" if os.fork() else os._exit(0))\n"
            "'; unshare -n true 2>/dev/null || echo unshare-cmd-refused",
            &r);
-    assert_string_equal(r.out, "unshare EPERM\nunshare-user EPERM\nmount EPERM\nsetns EPERM\n"
-                               "clone-newnet EPERM\nraw EPERM\npacket EPERM\nfork ok\nunshare-cmd-refused\n");
+    assert_string_equal(
+        r.out, "unshare EPERM\nunshare-user EPERM\nmount EPERM\nsetns EPERM\n"
+               "clone-newnet EPERM\nraw EPERM\npacket EPERM\nfork ok\nunshare-cmd-refused\n");
     jail_result_free(&r);
 }
 
 static void test_no_capabilities_and_uid_switch(void **state)
 {
     (void)state;
-    const char *argv[] = {"sh", "-c",
-                          "grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status;"
-                          "id -u; id -g; cat /root/.bashrc >/dev/null 2>&1 && echo read-root || echo no-root",
-                          NULL};
+    const char *argv[] = {
+        "sh", "-c",
+        "grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status;"
+        "id -u; id -g; cat /root/.bashrc >/dev/null 2>&1 && echo read-root || echo no-root",
+        NULL};
     struct jail_spec s = base_spec(argv);
     struct jail_result r;
 
@@ -354,9 +363,10 @@ static void test_no_capabilities_and_uid_switch(void **state)
     s.gid = 65534;
     s.cwd = "/";
     run(&s, &r);
-    assert_string_equal(r.out, "CapInh:\t0000000000000000\nCapPrm:\t0000000000000000\nCapEff:\t0000000000000000\n"
-                               "CapBnd:\t0000000000000000\nCapAmb:\t0000000000000000\nNoNewPrivs:\t1\n"
-                               "Seccomp:\t2\n65534\n65534\nno-root\n");
+    assert_string_equal(
+        r.out, "CapInh:\t0000000000000000\nCapPrm:\t0000000000000000\nCapEff:\t0000000000000000\n"
+               "CapBnd:\t0000000000000000\nCapAmb:\t0000000000000000\nNoNewPrivs:\t1\n"
+               "Seccomp:\t2\n65534\n65534\nno-root\n");
     jail_result_free(&r);
 }
 
@@ -478,7 +488,7 @@ static void test_fork_bomb_is_contained(void **state)
     char *events = read_file(events_path, 256, NULL);
     assert_non_null(events);
     assert_true(strtoull(strchr(events, ' ') + 1, NULL, 10) > 0); /* "max N": the limit was hit */
-    assert_int_equal(cgroup_nprocs(cg), 0); /* the whole tree is gone */
+    assert_int_equal(cgroup_nprocs(cg), 0);                       /* the whole tree is gone */
     free(events);
     free(events_path);
     free(max);

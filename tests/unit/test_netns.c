@@ -60,13 +60,13 @@ static bool kernel_ok(void)
     return cached == 1;
 }
 
-#define REQUIRE_KERNEL()                                                                        \
-    do {                                                                                        \
-        if (!kernel_ok()) {                                                                     \
-            print_message("SKIP: needs root and network namespaces (CAP_NET_ADMIN, "            \
-                          "CAP_SYS_ADMIN); run as root to test sandbox networking\n");          \
-            skip();                                                                             \
-        }                                                                                       \
+#define REQUIRE_KERNEL()                                                                           \
+    do {                                                                                           \
+        if (!kernel_ok()) {                                                                        \
+            print_message("SKIP: needs root and network namespaces (CAP_NET_ADMIN, "               \
+                          "CAP_SYS_ADMIN); run as root to test sandbox networking\n");             \
+            skip();                                                                                \
+        }                                                                                          \
     } while (0)
 
 /* Counts of this test's objects on the host: namespaces, links, nft tables. */
@@ -267,7 +267,8 @@ static void test_tcp_captured_with_original_dst(void **state)
     int udns, tdns;
     dns_listeners(&udns, &tdns, &dport);
     struct netns_pool *pool = netns_pool_new(&test_cfg, NULL);
-    struct netns_handle *h = netns_create(pool, "0b6e3c52-aaaa-4bbb-8ccc-000000000001", tport, dport);
+    struct netns_handle *h =
+        netns_create(pool, "0b6e3c52-aaaa-4bbb-8ccc-000000000001", tport, dport);
     assert_non_null(h);
     assert_string_equal(h->name, "aptest-0b6e3c52aaaa");
     assert_string_equal(h->host_ifname, "at-0b6e3c52aaaa");
@@ -279,7 +280,7 @@ static void test_tcp_captured_with_original_dst(void **state)
     struct dial dials[] = {
         {"203.0.113.7", 443}, /* anywhere on the internet */
         {"192.0.2.1", 80},
-        {host_ip, 22},        /* the host's own other ports are not reachable either */
+        {host_ip, 22}, /* the host's own other ports are not reachable either */
     };
     for (size_t i = 0; i < ARRAY_LEN(dials); i++) {
         pid_t pid = spawn_inside(h, child_tcp_dial, &dials[i]);
@@ -429,7 +430,8 @@ static int child_ipv6_and_routes(void *arg)
     int n = 0;
     bool have_default = false;
     char *save = NULL;
-    for (char *line = strtok_r(routes, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
+    for (char *line = strtok_r(routes, "\n", &save); line != NULL;
+         line = strtok_r(NULL, "\n", &save)) {
         char ifname[32];
         unsigned dst, gw;
         if (sscanf(line, "%31s %x %x", ifname, &dst, &gw) != 3)
@@ -469,7 +471,8 @@ static void test_address_allocation(void **state)
     REQUIRE_KERNEL();
     /* An operator's network occupying the first two /30s of the pool. */
     assert_int_equal(sh("ip link add atd-test type veth peer name atd-testp && "
-                        "ip addr add 10.213.0.1/29 dev atd-test"), 0);
+                        "ip addr add 10.213.0.1/29 dev atd-test"),
+                     0);
     struct netns_pool *pool = netns_pool_new(&test_cfg, NULL);
     struct netns_handle *a = netns_create(pool, "alloc-a", 40001, 40002);
     assert_non_null(a);
