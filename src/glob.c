@@ -517,3 +517,29 @@ bool path_pattern_match(const char *pattern, const char *path, size_t path_len)
         p++;
     return pattern[p] == '\0';
 }
+
+/* Letters, digits, '-' and '_' (seen in real host names), labels of 1..63 characters that do
+ * not start or end with '-', at most 253 characters, no trailing dot (stripped before). */
+bool host_name_valid(const char *s, size_t len)
+{
+    if (len == 0 || len > 253)
+        return false;
+    size_t label = 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        if (c == '.') {
+            if (label == 0 || s[i - 1] == '-')
+                return false;
+            label = 0;
+            continue;
+        }
+        bool alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+        if (!alnum && c != '-' && c != '_')
+            return false;
+        if (c == '-' && label == 0)
+            return false;
+        if (++label > 63)
+            return false;
+    }
+    return s[len - 1] != '-';
+}

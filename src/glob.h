@@ -54,6 +54,11 @@ int host_normalize(const char *in, size_t in_len, char *out, size_t out_size, ui
  * side-step a deny_list entry; a name ending in a numeric label that is not a valid IPv4
  * address is refused. Patterns are canonicalised the same way. */
 
+/* True if s[0..len) is a DNS host name as authproxy accepts one: letters, digits, '-' and
+ * '_', labels of 1..63 characters not starting or ending with '-', at most 253 characters, no
+ * trailing dot. Shared by certificate minting and upstream verification. */
+bool host_name_valid(const char *s, size_t len);
+
 /* Path glob. Returns 0 if pattern is acceptable (starts with '/' or '*'; no control characters,
  * spaces, '?' or '#', since the query string is never matched), else -1 with *err set. */
 int path_pattern_validate(const char *pattern, const char **err);

@@ -521,30 +521,6 @@ ok:
     return kr;
 }
 
-/* Creates path and its missing parents (mode 0700). 0, or -1 with *err. */
-static int mkdir_p(const char *path, char **err)
-{
-    char *p = xstrdup(path);
-    int rc = -1;
-    for (char *s = p + 1;; s++) {
-        if (*s != '/' && *s != '\0')
-            continue;
-        char c = *s;
-        *s = '\0';
-        if (mkdir(p, 0700) == -1 && errno != EEXIST) {
-            *err = xasprintf("cannot create directory %s: %s", p, strerror(errno));
-            goto out;
-        }
-        *s = c;
-        if (c == '\0')
-            break;
-    }
-    rc = 0;
-out:
-    free(p);
-    return rc;
-}
-
 struct seal_keyring *seal_keyring_open(const char *state_dir, const char *key_file, char **err)
 {
     const char *env = getenv(SEAL_ENV_VAR);

@@ -42,30 +42,6 @@ const char *store_strerror(int rc)
     }
 }
 
-/* Creates path and its missing parents (mode 0700). 0, or -1 with *err. */
-static int mkdir_p(const char *path, char **err)
-{
-    char *p = xstrdup(path);
-    int rc = -1;
-    for (char *s = p + 1;; s++) {
-        if (*s != '/' && *s != '\0')
-            continue;
-        char c = *s;
-        *s = '\0';
-        if (mkdir(p, 0700) == -1 && errno != EEXIST) {
-            *err = xasprintf("cannot create directory %s: %s", p, strerror(errno));
-            goto out;
-        }
-        *s = c;
-        if (c == '\0')
-            break;
-    }
-    rc = 0;
-out:
-    free(p);
-    return rc;
-}
-
 struct store *store_open(const char *state_dir, struct seal_keyring *kr, char **err)
 {
     if (mkdir_p(state_dir, err) != 0)

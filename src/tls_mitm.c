@@ -43,6 +43,7 @@
 #include <openssl/x509v3.h>
 
 #include "log.h"
+#include "glob.h"
 #include "util.h"
 
 #define MITM_DEFAULT_CAPACITY 4096
@@ -129,32 +130,6 @@ static int mitm_set_string(SSL *ssl, int idx, char *value)
 /* ---------------------------------------------------------------------------------------- */
 /* Names */
 
-/* Letters, digits, '-' and '_' (seen in real host names), labels of 1..63 characters that do
- * not start or end with '-', at most 253 characters, no trailing dot (stripped before). */
-static bool mitm_valid_dns_name(const char *s, size_t len)
-{
-    if (len == 0 || len > MITM_NAME_MAX)
-        return false;
-    size_t label = 0;
-    for (size_t i = 0; i < len; i++) {
-        char c = s[i];
-        if (c == '.') {
-            if (label == 0 || s[i - 1] == '-')
-                return false;
-            label = 0;
-            continue;
-        }
-        bool alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
-        if (!alnum && c != '-' && c != '_')
-            return false;
-        if (c == '-' && label == 0)
-            return false;
-        if (++label > 63)
-            return false;
-    }
-    return s[len - 1] != '-';
-}
-
 /* Classifies name[0..len) and writes its normalised form to out (lower-cased; IPv6 brackets and
  * one trailing dot of a DNS name removed). For IP literals, ip receives the 4 or 16 address
  * bytes. Returns MITM_NAME_INVALID for anything that is neither a host name nor an IP literal. */
@@ -182,7 +157,7 @@ static enum mitm_name_kind mitm_normalize_name(const char *name, size_t len,
         return MITM_NAME_IPV4;
     if (inet_pton(AF_INET6, out, ip) == 1)
         return MITM_NAME_IPV6;
-    return mitm_valid_dns_name(out, len) ? MITM_NAME_DNS : MITM_NAME_INVALID;
+    return host_name_valid(out, len) ? MITM_NAME_DNS : MITM_NAME_INVALID;
 }
 
 /* ---------------------------------------------------------------------------------------- */

@@ -28,6 +28,7 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include "glob.h"
 #include "util.h"
 
 #define UPSTREAM_SESSION_CAP 1024 /* host:port pairs remembered per configuration */
@@ -102,32 +103,6 @@ static const char *upstream_set_string(SSL *ssl, int idx, char *value)
 
 /* ---------------------------------------------------------------------------------------- */
 /* Host names */
-
-/* Same rules as the names tls_mitm accepts: letters, digits, '-', '_', labels 1..63 not
- * starting or ending with '-', at most 253 characters, no trailing dot. */
-static bool upstream_valid_dns_name(const char *s, size_t len)
-{
-    if (len == 0 || len > UPSTREAM_NAME_MAX)
-        return false;
-    size_t label = 0;
-    for (size_t i = 0; i < len; i++) {
-        char c = s[i];
-        if (c == '.') {
-            if (label == 0 || s[i - 1] == '-')
-                return false;
-            label = 0;
-            continue;
-        }
-        bool alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
-        if (!alnum && c != '-' && c != '_')
-            return false;
-        if (c == '-' && label == 0)
-            return false;
-        if (++label > 63)
-            return false;
-    }
-    return s[len - 1] != '-';
-}
 
 /* ---------------------------------------------------------------------------------------- */
 /* Session cache (all helpers below require u->lock) */
@@ -376,7 +351,7 @@ SSL *tls_upstream_new_ssl(struct tls_upstream *u, const char *host, uint16_t por
         is_ip = true;
     } else if (inet_pton(AF_INET6, name, ip) == 1) {
         is_ip = is_v6 = true;
-    } else if (bracketed || !upstream_valid_dns_name(name, len)) {
+    } else if (bracketed || !host_name_valid(name, len)) {
         return NULL;
     }
 

@@ -212,6 +212,29 @@ int parse_listen_address(const char *spec, struct sockaddr *out, int *out_len)
     return 0;
 }
 
+int mkdir_p(const char *path, char **err)
+{
+    char *p = xstrdup(path);
+    int rc = -1;
+    for (char *s = p + 1;; s++) {
+        if (*s != '/' && *s != '\0')
+            continue;
+        char c = *s;
+        *s = '\0';
+        if (mkdir(p, 0700) == -1 && errno != EEXIST) {
+            *err = xasprintf("cannot create directory %s: %s", p, strerror(errno));
+            goto out;
+        }
+        *s = c;
+        if (c == '\0')
+            break;
+    }
+    rc = 0;
+out:
+    free(p);
+    return rc;
+}
+
 uint64_t monotonic_us(void)
 {
     struct timespec ts;

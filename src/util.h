@@ -50,6 +50,9 @@ char *read_file(const char *path, size_t max_len, size_t *len_out);
 struct sockaddr;
 int parse_listen_address(const char *spec, struct sockaddr *out, int *out_len);
 
+/* Creates path and its missing parents (mode 0700). 0, or -1 with *err (heap, caller frees). */
+int mkdir_p(const char *path, char **err);
+
 /* Monotonic clock in microseconds. */
 uint64_t monotonic_us(void);
 
