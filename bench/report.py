@@ -33,8 +33,9 @@ def combine(slices):
     if any(s.get("failed") == "1" for s in slices):
         return {"failed": "1"}
     out = dict(slices[0])
-    for key in ("requests", "requests_all", "secs", "errors", "proxy_cpu_s", "nginx_cpu_s",
-                "client_cpu_s", "wall_s", "upstream_accepts"):
+    for key in ("requests", "requests_all", "errors", "upstream_accepts"):
+        out[key] = str(sum(int(float(s.get(key, 0))) for s in slices))
+    for key in ("secs", "proxy_cpu_s", "nginx_cpu_s", "client_cpu_s", "wall_s"):
         out[key] = str(sum(float(s.get(key, 0)) for s in slices))
     wall = float(out["wall_s"]) or 1.0
     out["other_cores"] = "%.2f" % (sum(float(s.get("other_cores", 0)) * float(s.get("wall_s", 0))

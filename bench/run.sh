@@ -439,6 +439,7 @@ idle_run() {
     act0=$(nginx_active)
     "$LG" "${tls[@]}" -c 64 -t 1 --idle "$n" --hold 120 --label idle > "$fifo" 2>>"$WORK/logs/client.err" &
     lgpid=$!
+    PIDS+=("$lgpid")
     for _ in $(seq 900); do
         if grep -q '^READY' "$fifo"; then ready=1; break; fi
         kill -0 "$lgpid" 2>/dev/null || break
