@@ -949,6 +949,43 @@ static void client_tls_event_cb(struct bufferevent *bev, short events, void *arg
     client_event_cb(bev, events, arg);
 }
 
+/* Terminates the client's TLS on its socket (nothing consumed yet: the first bytes were only
+ * peeked) with a leaf for tunnel_host or the SNI; READ_HEAD follows the handshake. */
+static void start_client_tls(struct conn *c)
+{
+    SSL *ssl = tls_mitm_new_server_ssl(c->w->shared->mitm, c->tunnel_host);
+    if (ssl == NULL) {
+        conn_close(c);
+        return;
+    }
+    c->client = bufferevent_openssl_socket_new(c->w->base, c->fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                               BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+    if (c->client == NULL) {
+        SSL_free(ssl);
+        conn_close(c);
+        return;
+    }
+    c->fd = -1;
+    bufferevent_openssl_set_allow_dirty_shutdown(c->client, 1);
+    c->state = CONN_CLIENT_HANDSHAKE;
+    arm_timer(c, conn_limits(c)->header_timeout_ms);
+    bufferevent_setcb(c->client, client_read_cb, NULL, client_tls_event_cb, c);
+    bufferevent_enable(c->client, EV_READ | EV_WRITE);
+}
+
+/* Reads plain HTTP from the client's socket (which the new bufferevent now owns). */
+static void start_client_plain(struct conn *c)
+{
+    c->client =
+        bufferevent_socket_new(c->w->base, c->fd, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+    if (c->client == NULL) {
+        conn_close(c);
+        return;
+    }
+    c->fd = -1;
+    enter_read_head(c);
+}
+
 /* TUNNEL_ACCEPTING: the first byte tells whether the client speaks TLS (0x16, a handshake
  * record) or plain HTTP inside the tunnel. Peeked, not consumed, so the chosen bufferevent
  * reads the stream from its start. */
@@ -969,35 +1006,10 @@ static void peek_first_byte_cb(evutil_socket_t fd, short what, void *arg)
     bufferevent_free(c->client); /* no BEV_OPT_CLOSE_ON_FREE: the fd stays open */
     c->client = NULL;
     if (b == 0x16) {
-        SSL *ssl = tls_mitm_new_server_ssl(c->w->shared->mitm, c->tunnel_host);
-        if (ssl == NULL) {
-            conn_close(c);
-            return;
-        }
-        c->client =
-            bufferevent_openssl_socket_new(c->w->base, c->fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
-                                           BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
-        if (c->client == NULL) {
-            SSL_free(ssl);
-            conn_close(c);
-            return;
-        }
-        c->fd = -1;
-        bufferevent_openssl_set_allow_dirty_shutdown(c->client, 1);
-        c->state = CONN_CLIENT_HANDSHAKE;
-        arm_timer(c, conn_limits(c)->header_timeout_ms);
-        bufferevent_setcb(c->client, client_read_cb, NULL, client_tls_event_cb, c);
-        bufferevent_enable(c->client, EV_READ | EV_WRITE);
+        start_client_tls(c);
         return;
     }
-    c->client =
-        bufferevent_socket_new(c->w->base, c->fd, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
-    if (c->client == NULL) {
-        conn_close(c);
-        return;
-    }
-    c->fd = -1;
-    enter_read_head(c);
+    start_client_plain(c);
 }
 
 /* Parses one request head from the client, decides, and starts forwarding (or refuses, or
@@ -1370,25 +1382,7 @@ static void transparent_dispatch(struct conn *c, const uint8_t *buf, size_t len)
         }
         c->tunnel_start_us = 0;
         c->in_tunnel = true;
-        SSL *ssl = tls_mitm_new_server_ssl(c->w->shared->mitm, c->tunnel_host);
-        if (ssl == NULL) {
-            conn_close(c);
-            return;
-        }
-        c->client =
-            bufferevent_openssl_socket_new(c->w->base, c->fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
-                                           BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
-        if (c->client == NULL) {
-            SSL_free(ssl);
-            conn_close(c);
-            return;
-        }
-        c->fd = -1;
-        bufferevent_openssl_set_allow_dirty_shutdown(c->client, 1);
-        c->state = CONN_CLIENT_HANDSHAKE;
-        arm_timer(c, conn_limits(c)->header_timeout_ms);
-        bufferevent_setcb(c->client, client_read_cb, NULL, client_tls_event_cb, c);
-        bufferevent_enable(c->client, EV_READ | EV_WRITE);
+        start_client_tls(c);
         return;
     }
     /* Not TLS. An HTTP request starts with a method token (upper-case letters). */
@@ -1398,14 +1392,7 @@ static void transparent_dispatch(struct conn *c, const uint8_t *buf, size_t len)
         c->tunnel_tls = false;
         c->transparent_http = true;
         c->tunnel_host[0] = '\0';
-        c->client = bufferevent_socket_new(c->w->base, c->fd,
-                                           BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
-        if (c->client == NULL) {
-            conn_close(c);
-            return;
-        }
-        c->fd = -1;
-        enter_read_head(c);
+        start_client_plain(c);
         return;
     }
     /* Another protocol: only a no_proxy destination (by the address dialled) may pass. */
