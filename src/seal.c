@@ -394,29 +394,6 @@ out:
     return rc;
 }
 
-/* fsyncs the directory holding path, so a link/rename into it is durable. */
-static int fsync_parent(const char *path)
-{
-    char *dir = xstrdup(path);
-    char *slash = strrchr(dir, '/');
-    int rc = -1;
-    if (slash == NULL) {
-        free(dir);
-        dir = xstrdup(".");
-    } else if (slash == dir) {
-        slash[1] = '\0';
-    } else {
-        *slash = '\0';
-    }
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd != -1) {
-        rc = fsync(fd);
-        close(fd);
-    }
-    free(dir);
-    return rc;
-}
-
 /* Writes the keyring's keys to path atomically: a 0600 temporary created with O_EXCL, fsync,
  * then rename() over path (replace) or link() to path (first creation, never overwriting).
  * Returns 0 on success, 1 when !replace and path already exists (nothing written), -1 with *err.
@@ -465,7 +442,7 @@ static int kr_write_file(const struct seal_keyring *kr, const char *path, bool r
         *err = xasprintf("cannot create key file %s: %s", path, strerror(errno));
         goto out;
     }
-    if (fsync_parent(path) == -1) {
+    if (fsync_parent_dir(path) == -1) {
         *err = xasprintf("cannot sync the directory of %s: %s", path, strerror(errno));
         goto out;
     }

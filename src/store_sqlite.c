@@ -271,30 +271,6 @@ out:
 
 static const struct store_ops sqlite_ops;
 
-/* fsyncs the directory holding path, so a newly created database file's name is durable
- * (SQLite syncs its own WAL and journal entries, not the database file we pre-create). */
-static int fsync_dir_of(const char *path)
-{
-    char *dir = xstrdup(path);
-    char *slash = strrchr(dir, '/');
-    int rc = -1;
-    if (slash == NULL) {
-        free(dir);
-        dir = xstrdup(".");
-    } else if (slash == dir) {
-        slash[1] = '\0';
-    } else {
-        *slash = '\0';
-    }
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd != -1) {
-        rc = fsync(fd);
-        close(fd);
-    }
-    free(dir);
-    return rc;
-}
-
 struct store *store_open_sqlite(const char *db_path, struct seal_keyring *kr, char **err)
 {
     struct store_sqlite *s = xcalloc(1, sizeof(*s));
@@ -310,7 +286,7 @@ struct store *store_open_sqlite(const char *db_path, struct seal_keyring *kr, ch
         goto fail;
     }
     close(fd);
-    if (fsync_dir_of(db_path) == -1) {
+    if (fsync_parent_dir(db_path) == -1) {
         *err = xasprintf("cannot sync the directory of %s: %s", db_path, strerror(errno));
         goto fail;
     }

@@ -235,6 +235,29 @@ out:
     return rc;
 }
 
+/* fsyncs the directory holding path, so a link/rename into it is durable. */
+int fsync_parent_dir(const char *path)
+{
+    char *dir = xstrdup(path);
+    char *slash = strrchr(dir, '/');
+    int rc = -1;
+    if (slash == NULL) {
+        free(dir);
+        dir = xstrdup(".");
+    } else if (slash == dir) {
+        slash[1] = '\0';
+    } else {
+        *slash = '\0';
+    }
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd != -1) {
+        rc = fsync(fd);
+        close(fd);
+    }
+    free(dir);
+    return rc;
+}
+
 uint64_t monotonic_us(void)
 {
     struct timespec ts;

@@ -53,6 +53,10 @@ int parse_listen_address(const char *spec, struct sockaddr *out, int *out_len);
 /* Creates path and its missing parents (mode 0700). 0, or -1 with *err (heap, caller frees). */
 int mkdir_p(const char *path, char **err);
 
+/* fsyncs the directory holding path, so a file created, linked or renamed there stays named
+ * after a crash. 0, or -1 with errno. */
+int fsync_parent_dir(const char *path);
+
 /* Monotonic clock in microseconds. */
 uint64_t monotonic_us(void);
 
