@@ -128,6 +128,7 @@ struct conn {
     /* Transparent capture: the sandbox dialled orig_ip:tunnel_port; TCP was redirected here. */
     bool transparent;
     bool transparent_http; /* plain HTTP: the name comes from each request's Host */
+    struct in_addr sandbox_addr; /* the sandbox's address (its namespace's veth end) */
     char orig_ip[INET_ADDRSTRLEN];
     struct event *repeek_timer; /* ClientHello not complete yet: look again shortly */
     uint64_t peek_deadline_us;
@@ -830,7 +831,8 @@ static void read_identity(struct conn *c, const struct http1_request *req)
 }
 
 /* The policy that governs this connection's requests under snapshot snap: the sandbox's, when
- * the client presents a sandbox credential, else the config file's (given --config). NULL when
+ * the client presents a sandbox credential or (transparent capture) comes from a running box's
+ * address, else the config file's (given --config). NULL when
  * there is none; then *status and *why say how to refuse (407: unknown or missing credential; 403:
  * the sandbox's policy cannot be applied). *box gets the sandbox, if any. */
 static const struct policy *select_policy(const struct conn *c, const struct snapshot *snap,
@@ -838,6 +840,14 @@ static const struct policy *select_policy(const struct conn *c, const struct sna
                                           const char **why)
 {
     *box = NULL;
+    if (c->transparent && (*box = registry_find_by_addr(snap->registry, c->sandbox_addr))) {
+        if ((*box)->policy == NULL) {
+            *status = 403;
+            *why = "denied: the sandbox's proxy_config cannot be applied (see the daemon log)";
+            return NULL;
+        }
+        return (*box)->policy;
+    }
     if (c->has_identity) {
         *box = registry_find(snap->registry, c->token_hash);
         if (*box == NULL) {
@@ -1478,6 +1488,7 @@ void conn_accept_transparent(struct worker *w, int fd, const struct sockaddr *pe
         conn_close(c);
         return;
     }
+    c->sandbox_addr = ((const struct sockaddr_in *)peer)->sin_addr;
     if (getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, &orig, &olen) == -1) {
         log_warn("transparent: %s: no original destination: %s", c->peer, strerror(errno));
         conn_close(c);

@@ -24,6 +24,7 @@
 #include "log.h"
 #include "dns_server.h"
 #include "netns.h"
+#include "registry.h"
 #include "metrics.h"
 #include "snapshot.h"
 #include "tls_mitm.h"
@@ -201,7 +202,7 @@ static bool is_sandbox_peer(void *ctx, struct in_addr addr)
 }
 
 /* The sandbox resolver's view of policy, called in worker 0's thread: the policy of the
- * sandbox at that address (today: the config file's, for every sandbox of the pool). */
+ * sandbox at that address — the running box's, else the config file's (sandbox run). */
 static const struct policy *dns_policy(void *ctx, const struct sockaddr *client)
 {
     struct worker *w = ctx;
@@ -209,6 +210,10 @@ static const struct policy *dns_policy(void *ctx, const struct sockaddr *client)
     if (client->sa_family != AF_INET || sh->is_sandbox_peer == NULL ||
         !sh->is_sandbox_peer(sh->sandbox_ctx, ((const struct sockaddr_in *)client)->sin_addr))
         return NULL;
+    const struct registry_box *box = registry_find_by_addr(
+        w->current->registry, ((const struct sockaddr_in *)client)->sin_addr);
+    if (box != NULL)
+        return box->policy; /* NULL (not applicable now): every name refused */
     return w->current->base->anonymous_allowed ? w->current->config->policy : NULL;
 }
 
