@@ -10,6 +10,7 @@
 #include <jansson.h>
 #include <openssl/crypto.h>
 
+#include "audit.h"
 #include "config.h"
 #include "control.h"
 #include "sandbox_run.h"
@@ -38,6 +39,9 @@ static void usage(FILE *out)
             "  ca cert [--state-dir DIR]\n"
             "                        print the interception CA certificate (PEM)\n"
             "  config check FILE     validate a standalone config file\n"
+            "  audit verify FILE [FILE...]\n"
+            "                        check an audit log's hash chain (exit 1 naming the first\n"
+            "                        edited, removed or reordered line)\n"
             "  workspace create NAME [--state-dir DIR]\n"
             "                        create a workspace and print its API key (once)\n"
             "  keys rotate [--state-dir DIR]\n"
@@ -244,6 +248,42 @@ static int cmd_config(int argc, char **argv)
     return 0;
 }
 
+/* `audit verify FILE...`: checks each file's hash chain (audit.h). Prints "OK: N lines, chain
+ * intact" and the last line's hash per good file, or "FAIL: <first bad line and why>"; the
+ * status is 0 only when every file is intact. */
+static int cmd_audit(int argc, char **argv)
+{
+    if (argc < 3 || strcmp(argv[1], "verify") != 0) {
+        fprintf(stderr, "usage: authproxy audit verify FILE [FILE...]\n");
+        return 2;
+    }
+    int status = 0;
+    for (int i = 2; i < argc; i++) {
+        const char *name = argc > 3 ? argv[i] : "", *sep = argc > 3 ? ": " : "";
+        FILE *f = fopen(argv[i], "r");
+        if (f == NULL) {
+            fprintf(stderr, "authproxy: %s: %s\n", argv[i], strerror(errno));
+            status = 1;
+            continue;
+        }
+        struct audit_verify_result res;
+        int rc = audit_verify(f, &res);
+        if (rc == -1) {
+            fprintf(stderr, "authproxy: %s: %s\n", argv[i], strerror(errno));
+        } else if (rc == 0) {
+            printf("%s%sOK: %llu lines, chain intact\n", name, sep, (unsigned long long)res.lines);
+            if (res.lines > 0)
+                printf("%s%slast line sha256 %s\n", name, sep, res.last_hash);
+        } else {
+            printf("%s%sFAIL: %s\n", name, sep, res.reason);
+        }
+        if (rc != 0)
+            status = 1;
+        fclose(f);
+    }
+    return status;
+}
+
 /* Parses the only option of the state commands: --state-dir DIR, after `first` positional
  * arguments. Returns the directory, or NULL after printing usage. */
 static const char *state_dir_option(int argc, char **argv, int first, const char *usage_text)
@@ -375,6 +415,8 @@ int main(int argc, char **argv)
         return cmd_ca(argc - 1, argv + 1);
     if (strcmp(cmd, "config") == 0)
         return cmd_config(argc - 1, argv + 1);
+    if (strcmp(cmd, "audit") == 0)
+        return cmd_audit(argc - 1, argv + 1);
     if (strcmp(cmd, "sandbox") == 0)
         return cmd_sandbox(argc - 1, argv + 1);
     if (strcmp(cmd, "workspace") == 0)
