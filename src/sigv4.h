@@ -89,11 +89,10 @@ struct sigv4_credentials {
     const char *session_token;     /* NULL or "" when none; visible ASCII */
 };
 
-/* Flags for sigv4_request.flags. */
-#define SIGV4_NO_CONTENT_SHA256                                                                    \
-    0x1u /* neither set nor sign X-Amz-Content-Sha256 (the AWS test                                \
-          * suite's vectors were made that way); the data path never                               \
-          * uses it */
+/* Flags for sigv4_request.flags. SIGV4_NO_CONTENT_SHA256: neither set nor sign
+ * X-Amz-Content-Sha256 (the AWS test suite's vectors were made that way); the data path never
+ * uses it. */
+#define SIGV4_NO_CONTENT_SHA256 0x1u
 
 /* The request as the proxy will forward it. Pointers are borrowed for the call only. */
 struct sigv4_request {
