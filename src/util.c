@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -255,6 +256,72 @@ int fsync_parent_dir(const char *path)
         close(fd);
     }
     free(dir);
+    return rc;
+}
+
+int lock_file_open(const char *path, int op, char **err)
+{
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd == -1) {
+        *err = xasprintf("cannot open lock file %s: %s", path, strerror(errno));
+        return -1;
+    }
+    while (flock(fd, op) == -1) {
+        if (errno == EINTR)
+            continue;
+        *err = xasprintf("cannot lock %s: %s", path, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+int write_file_atomic(const char *path, const void *data, size_t len, bool replace, char **err)
+{
+    char *tmp = xasprintf("%s.tmp.XXXXXX", path);
+    bool tmp_exists = false;
+    int rc = -1;
+    int fd = mkstemp(tmp); /* O_CREAT | O_EXCL, mode 0600 */
+    if (fd == -1) {
+        *err = xasprintf("cannot create a temporary file beside %s: %s", path, strerror(errno));
+        goto out;
+    }
+    tmp_exists = true;
+    if (fchmod(fd, 0600) == -1 || write_all(fd, data, len) == -1 || fsync(fd) == -1) {
+        *err = xasprintf("cannot write %s: %s", tmp, strerror(errno));
+        goto out;
+    }
+    int closed = close(fd);
+    fd = -1;
+    if (closed == -1) {
+        *err = xasprintf("cannot write %s: %s", tmp, strerror(errno));
+        goto out;
+    }
+    if (replace) {
+        if (rename(tmp, path) == -1) {
+            *err = xasprintf("cannot replace %s: %s", path, strerror(errno));
+            goto out;
+        }
+        tmp_exists = false;
+    } else if (link(tmp, path) == -1) {
+        if (errno == EEXIST) {
+            rc = 1;
+            goto out;
+        }
+        *err = xasprintf("cannot create %s: %s", path, strerror(errno));
+        goto out;
+    }
+    if (fsync_parent_dir(path) == -1) {
+        *err = xasprintf("cannot sync the directory of %s: %s", path, strerror(errno));
+        goto out;
+    }
+    rc = 0;
+out:
+    if (fd != -1)
+        close(fd);
+    if (tmp_exists)
+        (void)unlink(tmp); /* after link() or a failure */
+    free(tmp);
     return rc;
 }
 

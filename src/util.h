@@ -57,6 +57,18 @@ int mkdir_p(const char *path, char **err);
  * after a crash. 0, or -1 with errno. */
 int fsync_parent_dir(const char *path);
 
+/* Opens path (created with mode 0600 if missing, never following a symlink) and takes a flock
+ * of kind op (LOCK_EX or LOCK_SH from <sys/file.h>), waiting for it. Returns the descriptor —
+ * closing it releases the lock, as does the process dying — or -1 with *err (heap). */
+int lock_file_open(const char *path, int op, char **err);
+
+/* Gives path the contents data[0..len) atomically: a temporary "<path>.tmp.XXXXXX" created 0600
+ * with O_EXCL is written and fsync'ed, then rename()d over path (replace) or link()ed to path
+ * (!replace: first creation, never overwriting), and the directory is fsync'ed. A crash leaves
+ * the old file or the new one, never a mix. Returns 0; 1 when !replace and path already exists
+ * (nothing changed); -1 with *err (heap). The temporary never outlives the call. */
+int write_file_atomic(const char *path, const void *data, size_t len, bool replace, char **err);
+
 /* Monotonic clock in microseconds. */
 uint64_t monotonic_us(void);
 
