@@ -27,6 +27,7 @@ void config_limits_default(struct config_limits *l)
     l->header_timeout_ms = 30000;
     l->idle_timeout_ms = 300000;
     l->connect_timeout_ms = 10000;
+    l->callback_timeout_ms = 10000;
 }
 
 /* Parses "secrets": name -> "value" | {"value": "...", "configs": [{"host": "..."}]}. A secret
@@ -145,7 +146,7 @@ static void config_limit(const json_t *limits, const char *key, long long min, l
 static void config_limits_parse(const json_t *obj, struct config_limits *l, struct errlist *errs)
 {
     static const char *const keys[] = {"max_header_bytes", "header_timeout_ms", "idle_timeout_ms",
-                                       "connect_timeout_ms", NULL};
+                                       "connect_timeout_ms", "callback_timeout_ms", NULL};
     long long v;
     if (!json_is_object(obj)) {
         errlist_add(errs, "limits: expected an object, found %s", policy_json_kind(obj));
@@ -165,6 +166,9 @@ static void config_limits_parse(const json_t *obj, struct config_limits *l, stru
     v = l->connect_timeout_ms;
     config_limit(obj, "connect_timeout_ms", 1, CONFIG_MAX_TIMEOUT_MS, &v, errs);
     l->connect_timeout_ms = (unsigned)v;
+    v = l->callback_timeout_ms;
+    config_limit(obj, "callback_timeout_ms", 1, CONFIG_MAX_TIMEOUT_MS, &v, errs);
+    l->callback_timeout_ms = (unsigned)v;
 }
 
 /* Cuts jansson's " near '<token>'" suffix off a parse error: the token may be part of a

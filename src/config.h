@@ -30,6 +30,7 @@ struct config_limits {
     unsigned header_timeout_ms;  /* a head must arrive within this. Default 30000 */
     unsigned idle_timeout_ms;    /* idle keep-alive / tunnel connections close. Default 300000 */
     unsigned connect_timeout_ms; /* upstream TCP+TLS connect. Default 10000 */
+    unsigned callback_timeout_ms; /* a whole credential callback or token exchange. Default 10000 */
 };
 
 struct config {

@@ -8,6 +8,7 @@
  *                                      --TLS--> CLIENT_HANDSHAKE --> READ_HEAD (in tunnel)
  *                                      --else-> READ_HEAD (plain HTTP in tunnel)
  *   READ_HEAD --request------------> UPSTREAM_CONNECTING --> FORWARDING --> READ_HEAD | CLOSING
+ *   READ_HEAD --request, credential not cached--> RESOLVING --> READ_HEAD (head parsed again)
  *   FORWARDING --101 websocket-----> TUNNEL
  *
  * One request at a time per connection: a pipelined request waits in the input buffer until
@@ -23,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -34,11 +36,14 @@
 
 #include "audit.h"
 #include "clienthello.h"
+#include "credcache.h"
+#include "dyncred.h"
 #include "glob.h"
 #include "http1.h"
 #include "log.h"
 #include "policy.h"
 #include "registry.h"
+#include "sigv4.h"
 #include "store.h"
 #include "tls_mitm.h"
 #include "upstream.h"
@@ -54,6 +59,8 @@ enum conn_state {
     CONN_TUNNEL_CONNECTING,   /* no_proxy CONNECT: dialling the origin */
     CONN_TUNNEL_ACCEPTING,    /* 200 sent to a CONNECT; waiting for the client's first byte */
     CONN_CLIENT_HANDSHAKE,    /* TLS handshake with the client, leaf cert minted for the name */
+    CONN_RESOLVING,           /* a callback / token exchange runs for this request's credential;
+                                 its head stays in the input buffer, parsed again when it ends */
     CONN_UPSTREAM_CONNECTING, /* request parsed; getting an upstream connection */
     CONN_FORWARDING,          /* request head sent; relaying bodies, awaiting the response */
     CONN_TUNNEL,              /* opaque bytes both ways (no_proxy, WebSocket after 101) */
@@ -75,7 +82,10 @@ struct request {
     const char *decision;
     const char *decided_by;
     const char *error;
-    const char **injected; /* header names, borrowed from the policy in snap; array owned */
+    const char **injected; /* header names, borrowed from the policy in snap or from cred;
+                              array owned */
+    struct cred_headers *cred; /* reference: dynamic credentials injected, or NULL */
+    struct sigv4_signed *aws;  /* an "aws" rule's signature fields (the overrides point here) */
     size_t n_injected;
     int status;
     int upstream_status;
@@ -132,6 +142,14 @@ struct conn {
     char orig_ip[INET_ADDRSTRLEN];
     struct event *repeek_timer; /* ClientHello not complete yet: look again shortly */
     uint64_t peek_deadline_us;
+    /* Dynamic credentials of the request being parsed (RESOLVING): the pending wait, then its
+     * outcome for the key it was asked for (cred NULL with cred_ready: the resolution failed). */
+    struct credcache_waiter *cred_waiter;
+    bool cred_ready;
+    uint8_t cred_key[CREDCACHE_KEY_LEN];
+    struct cred_headers *cred;
+    uint64_t body_deadline_us; /* waiting for body bytes a credential needs, until then */
+    bool continue_sent;        /* we answered the client's Expect: 100-continue ourselves */
 };
 
 static void conn_close(struct conn *c);
@@ -142,6 +160,7 @@ static void upstream_read_cb(struct bufferevent *bev, void *arg);
 static void upstream_write_cb(struct bufferevent *bev, void *arg);
 static void upstream_event_cb(struct bufferevent *bev, short events, void *arg);
 static void process_client_input(struct conn *c);
+static void handle_request_head(struct conn *c);
 
 /* ---------------------------------------------------------------- audit and teardown */
 
@@ -185,6 +204,32 @@ static void request_end(struct conn *c)
         evbuffer_free(r->head_out);
     free(r->injected);
     free(r->path);
+    cred_headers_unref(r->cred);
+    if (r->aws) {
+        sigv4_signed_free(r->aws);
+        free(r->aws);
+    }
+    snapshot_unref(r->snap);
+    free(r);
+}
+
+/* Drops the current request without an audit line: its head stays in the input buffer and will
+ * be parsed again (waiting for body bytes or for a credential). */
+static void request_discard(struct conn *c)
+{
+    struct request *r = c->req;
+    c->req = NULL;
+    if (r == NULL)
+        return;
+    if (r->head_out)
+        evbuffer_free(r->head_out);
+    free(r->injected);
+    free(r->path);
+    cred_headers_unref(r->cred);
+    if (r->aws) {
+        sigv4_signed_free(r->aws);
+        free(r->aws);
+    }
     snapshot_unref(r->snap);
     free(r);
 }
@@ -230,6 +275,8 @@ static void conn_close(struct conn *c)
     c->connecting = NULL;
     upstream_free(c->up);
     c->up = NULL;
+    credcache_cancel(c->cred_waiter);
+    cred_headers_unref(c->cred);
     if (c->timer)
         event_free(c->timer);
     if (c->peek_ev)
@@ -341,6 +388,8 @@ static void enter_read_head(struct conn *c)
 {
     c->state = CONN_READ_HEAD;
     c->head_started = false;
+    c->continue_sent = false;
+    c->body_deadline_us = 0;
     arm_timer(c, conn_limits(c)->idle_timeout_ms);
     bufferevent_setwatermark(c->client, EV_WRITE, 0, 0);
     bufferevent_setcb(c->client, client_read_cb, NULL, client_event_cb, c);
@@ -1025,6 +1074,288 @@ static void peek_first_byte_cb(evutil_socket_t fd, short what, void *arg)
 /* Parses one request head from the client, decides, and starts forwarding (or refuses, or
  * opens a tunnel). Does nothing but arm the head timeout while the head is incomplete. May
  * free c: callers must not touch c afterwards. */
+
+/* ---------------------------------------------------------------- dynamic credentials */
+
+/* True when the first want body bytes follow the head (head_len bytes) in the client's input.
+ * Otherwise the request is put back — its head stays buffered, c->req is dropped unaudited — to
+ * be parsed again when more bytes arrive, and a deadline (the head timeout, counted once) keeps
+ * a client that never sends them from holding the connection. A client waiting for "100
+ * Continue" before it sends a body gets it from us. */
+static bool await_body(struct conn *c, const struct http1_request *req, size_t head_len,
+                       uint64_t want)
+{
+    struct evbuffer *in = bufferevent_get_input(c->client);
+    if (evbuffer_get_length(in) >= head_len + want)
+        return true;
+    uint64_t now = monotonic_us();
+    unsigned ms = conn_limits(c)->header_timeout_ms;
+    if (c->body_deadline_us == 0)
+        c->body_deadline_us = now + (uint64_t)ms * 1000;
+    uint64_t left_ms = c->body_deadline_us > now ? (c->body_deadline_us - now) / 1000 : 0;
+    arm_timer(c, (unsigned)left_ms);
+    if (req->expect_continue && !c->continue_sent) {
+        c->continue_sent = true;
+        bufferevent_write(c->client, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+    }
+    request_discard(c);
+    return false;
+}
+
+/* Copies len body bytes that follow the head (at offset head_len) out of the input buffer
+ * without rearranging it (the parsed head points into it). The caller secret_free's it. */
+static char *copy_body(struct conn *c, size_t head_len, size_t len)
+{
+    struct evbuffer *in = bufferevent_get_input(c->client);
+    struct evbuffer_ptr pos;
+    char *out = xmalloc(len + 1);
+    evbuffer_ptr_set(in, &pos, head_len, EVBUFFER_PTR_SET);
+    evbuffer_copyout_from(in, &pos, out, len);
+    out[len] = '\0';
+    return out;
+}
+
+static void credentials_ready_cb(struct cred_headers *h, void *arg)
+{
+    struct conn *c = arg;
+    c->cred_waiter = NULL;
+    c->cred_ready = true;
+    c->cred = h;
+    c->state = CONN_READ_HEAD;
+    bufferevent_enable(c->client, EV_READ);
+    handle_request_head(c); /* the head is still buffered; this time the credential is known */
+}
+
+/* The credential for key: the outcome of the wait that just ended for this key, if any (moved
+ * to *out, NULL meaning it failed), else a cache lookup through resolve. Returns false when the
+ * request must wait: the connection is then RESOLVING, the request dropped unaudited. */
+typedef enum credcache_result (*resolve_fn)(struct conn *c, const uint8_t *key, const void *what,
+                                            const void *rq, struct cred_headers **hit);
+
+static bool take_credentials(struct conn *c, const uint8_t key[CREDCACHE_KEY_LEN],
+                             resolve_fn resolve, const void *what, const void *rq,
+                             struct cred_headers **out)
+{
+    *out = NULL;
+    if (c->cred_ready) {
+        c->cred_ready = false;
+        struct cred_headers *h = c->cred;
+        c->cred = NULL;
+        if (memcmp(c->cred_key, key, CREDCACHE_KEY_LEN) == 0) {
+            *out = h;
+            return true;
+        }
+        cred_headers_unref(h); /* asked for another key (the policy changed meanwhile) */
+    }
+    if (resolve(c, key, what, rq, out) == CREDCACHE_HIT)
+        return true;
+    memcpy(c->cred_key, key, CREDCACHE_KEY_LEN);
+    c->state = CONN_RESOLVING;
+    bufferevent_disable(c->client, EV_READ);
+    evtimer_del(c->timer);
+    request_discard(c);
+    return false;
+}
+
+static enum credcache_result resolve_callback(struct conn *c, const uint8_t *key, const void *what,
+                                              const void *rq, struct cred_headers **hit)
+{
+    return dyncred_callback_resolve(c->w, c->req->snap, what, rq, key, credentials_ready_cb, c,
+                                    hit, &c->cred_waiter);
+}
+
+static enum credcache_result resolve_gcp(struct conn *c, const uint8_t *key, const void *what,
+                                         const void *rq, struct cred_headers **hit)
+{
+    (void)rq;
+    return dyncred_gcp_resolve(c->w, c->req->snap, what, key, credentials_ready_cb, c, hit,
+                               &c->cred_waiter);
+}
+
+/* Turns a set of dynamic credentials into the request's overrides (r keeps the reference). */
+static struct http1_header_override *cred_overrides(struct request *r, struct cred_headers *h,
+                                                    size_t *n)
+{
+    r->cred = h;
+    *n = h->n;
+    struct http1_header_override *ov = xcalloc(h->n + 1, sizeof(*ov));
+    r->injected = xcalloc(h->n + 1, sizeof(*r->injected));
+    for (size_t i = 0; i < h->n; i++) {
+        ov[i].name = h->h[i].name;
+        ov[i].value = h->h[i].value;
+        r->injected[i] = h->h[i].name;
+    }
+    r->n_injected = h->n;
+    return ov;
+}
+
+/* Resolves the callback's headers for the request being parsed. Returns the overrides (owned by
+ * the caller) with *n set, or NULL when the request waits (RESOLVING or more body) or was refused
+ * (c->req is then gone). */
+static struct http1_header_override *callback_credentials(struct conn *c,
+                                                          const struct http1_request *req,
+                                                          size_t head_len, const char *origin,
+                                                          size_t origin_len,
+                                                          const struct policy_callback *cb,
+                                                          size_t *n)
+{
+    struct request *r = c->req;
+    struct http1_header_override *ov = NULL;
+    char *body = NULL;
+    struct dyncred_request dq = {
+        .host = r->host,
+        .port = r->port,
+        .tenant_id = r->box ? r->box->workspace_id : NULL,
+        .sandbox_id = r->box ? r->box->box_id : NULL,
+        .method = r->method,
+        .scheme = r->scheme,
+        .target = origin,
+        .target_len = origin_len,
+        .headers = req->headers,
+        .n_headers = req->n_headers,
+    };
+    if (cb->full_request) {
+        if (req->body_kind == HTTP1_BODY_LENGTH) {
+            uint64_t want = req->content_length < DYNCRED_CALLBACK_BODY_MAX
+                                ? req->content_length
+                                : DYNCRED_CALLBACK_BODY_MAX;
+            if (!await_body(c, req, head_len, want))
+                goto out;
+            dq.body = body = copy_body(c, head_len, (size_t)want);
+            dq.body_len = (size_t)want;
+            dq.body_truncated = req->content_length > want;
+        } else if (req->body_kind == HTTP1_BODY_CHUNKED) {
+            dq.body_truncated = true; /* a chunked body is not buffered for callbacks */
+        }
+    }
+    uint8_t key[CREDCACHE_KEY_LEN];
+    dyncred_callback_key(cb, &dq, key);
+    struct cred_headers *h;
+    if (!take_credentials(c, key, resolve_callback, cb, &dq, &h))
+        goto out;
+    if (h == NULL) {
+        refuse(c, 502, "error", "callback", "callback resolution failed");
+        goto out;
+    }
+    ov = cred_overrides(r, h, n);
+out:
+    if (body)
+        secret_free(body);
+    return ov;
+}
+
+
+/* Request bodies up to this size are hashed for AWS SigV4 (buffered before the head is sent);
+ * larger or chunked ones are signed UNSIGNED-PAYLOAD where the service allows it (S3), else
+ * refused. */
+#define AWS_SIGN_BODY_MAX (8u * 1024 * 1024)
+
+/* Hex SHA-256 of len body bytes at offset head_len of the client's input, read in place. */
+static void hash_buffered_body(struct conn *c, size_t head_len, size_t len, char out[65])
+{
+    struct evbuffer *in = bufferevent_get_input(c->client);
+    struct evbuffer_ptr pos;
+    evbuffer_ptr_set(in, &pos, head_len, EVBUFFER_PTR_SET);
+    int n = evbuffer_peek(in, (ev_ssize_t)len, &pos, NULL, 0);
+    struct evbuffer_iovec *vec = xcalloc(n > 0 ? (size_t)n : 1, sizeof(*vec));
+    n = evbuffer_peek(in, (ev_ssize_t)len, &pos, vec, n);
+    EVP_MD_CTX *sha = EVP_MD_CTX_new();
+    unsigned char digest[32];
+    if (sha == NULL || EVP_DigestInit_ex(sha, EVP_sha256(), NULL) != 1)
+        abort(); /* OpenSSL fails here only without memory: the documented OOM policy */
+    size_t left = len;
+    for (int i = 0; i < n && left > 0; i++) {
+        size_t take = vec[i].iov_len < left ? vec[i].iov_len : left;
+        EVP_DigestUpdate(sha, vec[i].iov_base, take);
+        left -= take;
+    }
+    EVP_DigestFinal_ex(sha, digest, NULL);
+    EVP_MD_CTX_free(sha);
+    free(vec);
+    for (int i = 0; i < 32; i++)
+        snprintf(out + 2 * i, 3, "%02x", digest[i]);
+}
+
+/* Signs the request being parsed for an "aws" rule (SPEC §2) with the rule's credentials:
+ * the sandbox's own signature fields are dropped, a bounded body is hashed (the request waits
+ * until it is buffered), a larger one is sent UNSIGNED-PAYLOAD where the service allows it.
+ * host_field: the Host value the proxy adds (HTTP/1.0 without Host), else NULL. Returns the
+ * overrides (the caller frees the array; r->aws keeps what they point to) with *n set, or NULL
+ * when the request waits for its body or was refused. */
+static struct http1_header_override *aws_sign_request(struct conn *c,
+                                                      const struct http1_request *req,
+                                                      size_t head_len, const char *origin,
+                                                      size_t origin_len, const char *host_field,
+                                                      const struct policy_rule *rule, size_t *n)
+{
+    struct request *r = c->req;
+    struct sigv4_scope scope;
+    const char *err = NULL;
+    char hash[65];
+    const char *payload = hash;
+    if (sigv4_scope_from_host(r->host, strlen(r->host), &scope, &err) != 0) {
+        r->error = err;
+        refuse(c, 502, "error", rule->name, "cannot sign for this AWS host");
+        return NULL;
+    }
+    bool unsigned_ok = sigv4_unsigned_payload_allowed(scope.service);
+    const struct http1_header *client_hash =
+        http1_find_header(req->headers, req->n_headers, "X-Amz-Content-Sha256");
+    const char *trailer = SIGV4_STREAMING_UNSIGNED_TRAILER;
+    if (client_hash != NULL && client_hash->value_len > 16 &&
+        memcmp(client_hash->value, "STREAMING-AWS4-", 15) == 0) {
+        /* aws-chunked with per-chunk signatures made with the sandbox's (fake) key */
+        refuse(c, 400, "denied", rule->name,
+               "bad request: chunk-signed AWS uploads cannot be re-signed by the proxy; use an "
+               "unsigned payload");
+        return NULL;
+    }
+    if (req->body_kind == HTTP1_BODY_NONE) {
+        payload = SIGV4_EMPTY_SHA256;
+    } else if (unsigned_ok && client_hash != NULL && client_hash->value_len == strlen(trailer) &&
+               memcmp(client_hash->value, trailer, client_hash->value_len) == 0) {
+        payload = trailer;
+    } else if (req->body_kind == HTTP1_BODY_LENGTH && req->content_length <= AWS_SIGN_BODY_MAX) {
+        if (!await_body(c, req, head_len, req->content_length))
+            return NULL;
+        hash_buffered_body(c, head_len, (size_t)req->content_length, hash);
+    } else if (unsigned_ok) {
+        payload = SIGV4_UNSIGNED_PAYLOAD;
+    } else {
+        refuse(c, 413, "denied", rule->name,
+               "request body too large to sign for AWS (a chunked body, or over 8 MiB)");
+        return NULL;
+    }
+    struct sigv4_request sr = {
+        .method = req->method,
+        .method_len = req->method_len,
+        .target = origin,
+        .target_len = origin_len,
+        .headers = req->headers,
+        .n_headers = req->n_headers,
+        .host_field = host_field,
+        .payload_hash = payload,
+        .now = time(NULL),
+    };
+    struct sigv4_credentials cred = {rule->aws.access_key_id, rule->aws.secret_access_key,
+                                     rule->aws.session_token};
+    r->aws = xcalloc(1, sizeof(*r->aws));
+    if (sigv4_sign(&sr, &scope, &cred, r->aws, &err) != 0) {
+        r->error = err; /* static text, never credential material */
+        refuse(c, 502, "error", rule->name, "cannot sign the request for AWS");
+        return NULL;
+    }
+    struct http1_header_override *ov = xcalloc(SIGV4_MAX_OVERRIDES + 1, sizeof(*ov));
+    *n = sigv4_signed_overrides(r->aws, ov);
+    r->injected = xcalloc(*n + 1, sizeof(*r->injected));
+    for (size_t i = 0; i < *n; i++)
+        r->injected[i] = ov[i].name;
+    r->n_injected = *n;
+    if (r->aws->security_token == NULL) /* no token of ours: none of the sandbox's either */
+        ov[(*n)++] = (struct http1_header_override){"X-Amz-Security-Token", NULL};
+    return ov;
+}
+
 static void handle_request_head(struct conn *c)
 {
     struct evbuffer *in = bufferevent_get_input(c->client);
@@ -1151,6 +1482,16 @@ static void handle_request_head(struct conn *c)
     }
     struct http1_header_override *ov = NULL;
     size_t n_ov = 0;
+    char host_field[HOST_MAX + 16];
+    if (req->host == NULL) {
+        /* HTTP/1.0 without Host: the request goes upstream as HTTP/1.1, which requires one. */
+        bool v6 = strchr(r->host, ':') != NULL;
+        bool default_port = r->port == (r->upstream_tls ? 443 : 80);
+        if (default_port)
+            snprintf(host_field, sizeof(host_field), v6 ? "[%s]" : "%s", r->host);
+        else
+            snprintf(host_field, sizeof(host_field), v6 ? "[%s]:%u" : "%s:%u", r->host, r->port);
+    }
     if (hd.verdict == POLICY_HOST_BYPASS) {
         r->decision = NULL;
         r->decided_by = "no_proxy";
@@ -1163,16 +1504,32 @@ static void handle_request_head(struct conn *c)
                    "refused: credentials are only injected over TLS");
             goto out;
         case POLICY_CALLBACK:
-            /* Callback resolution comes with the dynamic-credentials work; until then a host that
-             * needs one is refused rather than sent without its credential (fail closed). */
-            refuse(c, 502, "error", "callback", "callback resolution failed");
-            goto out;
+            r->decided_by = "callback";
+            ov = callback_credentials(c, req, head_len, origin, origin_len, rd.callback, &n_ov);
+            if (ov == NULL)
+                goto out; /* waiting, or refused */
+            break;
         case POLICY_INJECT:
             r->decided_by = rd.rule->name;
-            if (rd.rule->type != POLICY_RULE_HEADERS) {
-                refuse(c, 502, "error", rd.rule->name,
-                       "credential provider not available for this rule type");
-                goto out;
+            if (rd.rule->type == POLICY_RULE_GCP) {
+                uint8_t key[CREDCACHE_KEY_LEN];
+                struct cred_headers *h;
+                dyncred_gcp_key(rd.rule, key);
+                if (!take_credentials(c, key, resolve_gcp, rd.rule, NULL, &h))
+                    goto out;
+                if (h == NULL) {
+                    refuse(c, 502, "error", rd.rule->name, "credential resolution failed");
+                    goto out;
+                }
+                ov = cred_overrides(r, h, &n_ov);
+                break;
+            }
+            if (rd.rule->type == POLICY_RULE_AWS) {
+                ov = aws_sign_request(c, req, head_len, origin, origin_len,
+                                      req->host ? NULL : host_field, rd.rule, &n_ov);
+                if (ov == NULL)
+                    goto out; /* waiting for the body, or refused */
+                break;
             }
             n_ov = rd.rule->n_headers;
             ov = xcalloc(n_ov, sizeof(*ov));
@@ -1189,15 +1546,7 @@ static void handle_request_head(struct conn *c)
         }
     }
 
-    char host_field[HOST_MAX + 16];
     if (req->host == NULL) {
-        /* HTTP/1.0 without Host: the request goes upstream as HTTP/1.1, which requires one. */
-        bool v6 = strchr(r->host, ':') != NULL;
-        bool default_port = r->port == (r->upstream_tls ? 443 : 80);
-        if (default_port)
-            snprintf(host_field, sizeof(host_field), v6 ? "[%s]" : "%s", r->host);
-        else
-            snprintf(host_field, sizeof(host_field), v6 ? "[%s]:%u" : "%s:%u", r->host, r->port);
         ov = xrealloc(ov, (n_ov + 1) * sizeof(*ov));
         ov[n_ov].name = "Host";
         ov[n_ov].value = host_field;

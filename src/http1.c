@@ -22,10 +22,13 @@
  */
 #include "http1.h"
 
+#include "glob.h"
+
 #include <arpa/inet.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <event2/buffer.h>
 
@@ -755,9 +758,11 @@ int http1_write_request_head(struct evbuffer *out, const struct http1_request *r
         if (c <= 0x20 || c >= 0x7f)
             return -1;
     }
-    for (size_t i = 0; i < n_overrides; i++)
-        if (!http1_override_valid(&overrides[i]))
+    for (size_t i = 0; i < n_overrides; i++) {
+        struct http1_header_override probe = {overrides[i].name, ""}; /* a removal: name only */
+        if (!http1_override_valid(overrides[i].value ? &overrides[i] : &probe))
             return -1;
+    }
 
     http1_put(out, req->method, req->method_len);
     http1_put(out, " ", 1);
@@ -789,7 +794,7 @@ int http1_write_request_head(struct evbuffer *out, const struct http1_request *r
         for (size_t k = i + 1; k < n_overrides && !superseded; k++)
             superseded =
                 http1_name_is(overrides[k].name, strlen(overrides[k].name), overrides[i].name);
-        if (!superseded)
+        if (!superseded && overrides[i].value != NULL)
             http1_put_field(out, overrides[i].name, strlen(overrides[i].name), overrides[i].value,
                             strlen(overrides[i].value));
     }
@@ -1183,4 +1188,37 @@ const char *http1_reason_phrase(int status)
     if (status >= 400 && status < 500)
         return "Client Error";
     return "Server Error";
+}
+
+int http1_parse_url(const char *url, bool *tls, char *host, size_t host_size, uint16_t *port,
+                    const char **target)
+{
+    size_t len = strlen(url);
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)url[i] <= 0x20 || (unsigned char)url[i] >= 0x7f || url[i] == '#')
+            return -1;
+    const char *rest;
+    if (strncasecmp(url, "https://", 8) == 0) {
+        *tls = true;
+        rest = url + 8;
+    } else if (strncasecmp(url, "http://", 7) == 0) {
+        *tls = false;
+        rest = url + 7;
+    } else {
+        return -1;
+    }
+    size_t alen = strcspn(rest, "/?");
+    if (alen == 0 || memchr(rest, '@', alen) != NULL)
+        return -1;
+    struct http1_authority a;
+    if (http1_parse_authority(rest, alen, false, &a) != 0)
+        return -1;
+    uint16_t ignored = 0;
+    if (host_normalize(rest, alen, host, host_size, &ignored) != 0)
+        return -1;
+    *port = a.port > 0 ? (uint16_t)a.port : (*tls ? 443 : 80);
+    *target = rest[alen] == '\0' ? "/" : rest + alen;
+    if (**target == '?')
+        return -1; /* "http://h?q": a path is required before a query */
+    return 0;
 }

@@ -113,7 +113,9 @@ const struct http1_header *http1_find_header(const struct http1_header *headers,
 bool http1_list_has_token(const char *value, size_t value_len, const char *token);
 
 /* A header the proxy sets on the forwarded request. It replaces every field of the same name
- * (case-insensitive) that the client sent, so a sandbox can neither override nor duplicate it. */
+ * (case-insensitive) that the client sent, so a sandbox can neither override nor duplicate it.
+ * For http1_write_request_head, a NULL value removes the client's fields of that name and adds
+ * nothing (e.g. a signature field the proxy's own signing does not use). */
 struct http1_header_override {
     const char *name;
     const char *value;
@@ -208,5 +210,14 @@ int http1_parse_target(const char *method, size_t method_len, const char *target
  * Upgrade), which the serialiser owns. Config validation can call this to refuse such a rule
  * early; http1_write_request_head refuses (-1) when any override fails it. */
 bool http1_override_valid(const struct http1_header_override *o);
+
+/* Splits an absolute http(s) URL, as used for callback and token endpoints: *tls, the host
+ * (normalised by host_normalize: lower-case, brackets of an IPv6 literal removed) into
+ * host[0..host_size), *port (default 80/443), *target the origin-form path and query ("/" when
+ * empty; points into url). Returns 0, or -1 if url is not one the proxy can call (other schemes,
+ * userinfo, a fragment, bytes outside printable ASCII, a bad authority, a query without a
+ * path). */
+int http1_parse_url(const char *url, bool *tls, char *host, size_t host_size, uint16_t *port,
+                    const char **target);
 
 #endif

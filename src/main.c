@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <event2/event.h>
 #include <jansson.h>
@@ -15,6 +16,7 @@
 #include "control.h"
 #include "sandbox_run.h"
 #include "seal.h"
+#include "signkeys.h"
 #include "store.h"
 #include "log.h"
 #include "serve.h"
@@ -45,6 +47,10 @@ static void usage(FILE *out)
             "  workspace create NAME [--state-dir DIR]\n"
             "                        create a workspace and print its API key (once)\n"
             "  keys rotate [--state-dir DIR]\n"
+            "                        new master key; every stored value re-sealed under it\n"
+            "  keys rotate-signing [--state-dir DIR]\n"
+            "                        new callback-signing key; the old one stays published in\n"
+            "                        the JWKS until its signatures have expired\n"
             "                        seal every stored secret under a new master key\n"
             "  version               print versions\n");
 }
@@ -345,9 +351,34 @@ static int cmd_workspace(int argc, char **argv)
     return rc == STORE_OK ? 0 : 1;
 }
 
+/* `authproxy keys rotate-signing`: a new Ed25519 key signs callbacks from now on; a running
+ * daemon picks it up on its next signature or JWKS request (signkeys_reload). */
+static int cmd_keys_rotate_signing(int argc, char **argv)
+{
+    static const char usage_text[] = "authproxy keys rotate-signing [--state-dir DIR]";
+    const char *dir = state_dir_option(argc, argv, 2, usage_text);
+    if (dir == NULL)
+        return 2;
+    char *msg = NULL, *kid = NULL;
+    if (signkeys_rotate(dir, time(NULL), &kid, &msg) != 0) {
+        fprintf(stderr, "authproxy: cannot rotate the callback-signing key: %s\n",
+                msg ? msg : "?");
+        free(msg);
+        return 1;
+    }
+    printf("callback-signing key rotated: new key id %s; the previous key stays in the JWKS "
+           "for %d s\n",
+           kid, SIGNKEYS_TOKEN_LIFETIME + SIGNKEYS_CLOCK_SKEW);
+    free(kid);
+    return 0;
+}
+
 static int cmd_keys(int argc, char **argv)
 {
-    static const char usage_text[] = "authproxy keys rotate [--state-dir DIR]";
+    static const char usage_text[] =
+        "authproxy keys rotate [--state-dir DIR] | keys rotate-signing [--state-dir DIR]";
+    if (argc >= 2 && strcmp(argv[1], "rotate-signing") == 0)
+        return cmd_keys_rotate_signing(argc, argv);
     if (argc < 2 || strcmp(argv[1], "rotate") != 0) {
         fprintf(stderr, "usage: %s\n", usage_text);
         return 2;

@@ -15,6 +15,8 @@
  *   - Disabled rules are validated (and their secrets resolved) but take no part in decisions. */
 #include "policy.h"
 
+#include "http1.h"
+
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -1037,6 +1039,10 @@ static const char *policy_url_problem(const char *url)
         return "user information (\"user@\") is not allowed in the URL";
     if (alen == 0 || host_normalize(auth, alen, host, sizeof(host), &port) == -1)
         return "the URL has no valid host[:port]";
+    bool tls;
+    const char *target;
+    if (http1_parse_url(url, &tls, host, sizeof(host), &port, &target) != 0)
+        return "the URL cannot be called as written (a fragment, or a query without a path?)";
     return NULL;
 }
 

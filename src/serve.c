@@ -23,10 +23,12 @@
 #include "control.h"
 #include "log.h"
 #include "dns_server.h"
+#include "credcache.h"
 #include "netns.h"
 #include "registry.h"
 #include "metrics.h"
 #include "snapshot.h"
+#include "signkeys.h"
 #include "tls_mitm.h"
 #include "util.h"
 #include "worker.h"
@@ -37,6 +39,8 @@
 #define PUBLISH_WAIT_MAX_US (5u * 1000000u)
 /* How often the daemon looks for store changes made by other processes (CLI commands). */
 #define STORE_SYNC_INTERVAL_S 2
+/* Dynamic credentials held at most (callback answers, GCP tokens), all sandboxes together. */
+#define CREDCACHE_MAX_ENTRIES 10000
 
 struct server {
     const struct serve_options *opt;
@@ -59,6 +63,7 @@ struct server {
     uint16_t dns_port;
     struct netns_pool *netns_pool; /* with a transparent listener: whose peers are sandboxes */
     char *audit_default;
+    char *callback_issuer; /* shared.callback_issuer's storage */
 };
 
 /* Opens a listening TCP socket on "addr:port". Returns the fd or -1 with a message in err. */
@@ -196,6 +201,25 @@ static void render_metrics(void *ctx, struct evbuffer *out)
     metrics_render(out, blocks, (size_t)s->n_workers, &g);
 }
 
+/* The JWKS hook of the control API (SPEC §4): the public keys that verify callback
+ * signatures, picking up a rotation made by `authproxy keys rotate-signing` first. */
+static void render_jwks(void *ctx, struct evbuffer *out)
+{
+    struct server *s = ctx;
+    char *err = NULL;
+    if (signkeys_reload(s->shared.signkeys, &err) != 0) {
+        log_warn("callback signing keys: %s (publishing the keys loaded before)", err);
+        free(err);
+    }
+    json_t *jwks = signkeys_jwks(s->shared.signkeys, time(NULL));
+    char *text = json_dumps(jwks, JSON_COMPACT);
+    if (text == NULL)
+        abort(); /* jansson fails only on allocation: the documented OOM policy */
+    evbuffer_add(out, text, strlen(text));
+    free(text);
+    json_decref(jwks);
+}
+
 static bool is_sandbox_peer(void *ctx, struct in_addr addr)
 {
     return netns_pool_contains(ctx, addr);
@@ -272,6 +296,9 @@ void server_free(struct server *s)
     if (s->transparent_fd != -1)
         close(s->transparent_fd);
     free(s->audit_default);
+    credcache_free(s->shared.credcache); /* after the workers: no flight or waiter is left */
+    signkeys_free(s->shared.signkeys);
+    free(s->callback_issuer);
     audit_close(s->shared.audit);
     tls_mitm_free(s->shared.mitm);
     snapshot_unref(s->current);
@@ -305,6 +332,14 @@ struct server *server_start(const struct serve_options *opt)
         log_error("interception CA: %s", err);
         goto fail;
     }
+    char *msg = NULL;
+    s->shared.signkeys = signkeys_open(opt->state_dir, &msg);
+    if (s->shared.signkeys == NULL) {
+        log_error("callback signing keys: %s", msg);
+        free(msg);
+        goto fail;
+    }
+    s->shared.credcache = credcache_new(CREDCACHE_MAX_ENTRIES);
     if (opt->listen_control != NULL) {
         s->control = control_open(opt->state_dir, err, sizeof(err));
         if (s->control == NULL) {
@@ -333,7 +368,7 @@ struct server *server_start(const struct serve_options *opt)
         goto fail;
     }
     if (opt->listen_transparent != NULL) {
-        char *msg = NULL;
+        msg = NULL;
         s->netns_pool = netns_pool_new(NULL, &msg);
         if (s->netns_pool == NULL) {
             log_error("sandbox network pool: %s", msg ? msg : "invalid");
@@ -353,14 +388,21 @@ struct server *server_start(const struct serve_options *opt)
     if (s->base == NULL)
         goto fail;
     if (s->control != NULL) {
-        struct api_hooks hooks = {
-            .render_metrics = render_metrics, .ctx = s, .proxy_address = opt->listen_proxy};
+        struct api_hooks hooks = {.render_metrics = render_metrics,
+                                  .render_jwks = render_jwks,
+                                  .ctx = s,
+                                  .proxy_address = opt->listen_proxy};
         s->api = api_new(s->base, s->control, opt->listen_control, &hooks, err, sizeof(err));
         if (s->api == NULL) {
             log_error("control API: %s", err);
             goto fail;
         }
     }
+
+    /* Callback signatures name the control API's origin as their issuer (SPEC §4). */
+    s->callback_issuer = s->api ? xasprintf("http://%s", api_listen_address(s->api))
+                                : xstrdup("authproxy");
+    s->shared.callback_issuer = s->callback_issuer;
 
     /* Our own listeners are never a destination (see upstream.c is_self). */
     const char *selves[3] = {s->api ? api_listen_address(s->api) : NULL, opt->listen_proxy,

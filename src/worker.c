@@ -10,6 +10,7 @@
 #include <event2/listener.h>
 
 #include "conn.h"
+#include "dyncred.h"
 #include "dns_server.h"
 #include "log.h"
 #include "upstream.h"
@@ -106,6 +107,7 @@ struct worker *worker_new(int index, const struct serve_shared *shared, int prox
     metrics_init(&w->metrics);
     LIST_INIT(&w->conns);
     TAILQ_INIT(&w->idle_upstreams);
+    LIST_INIT(&w->fetches);
     w->current = snapshot_ref(snap);
     atomic_init(&w->applied_version, snap->version);
 
@@ -199,6 +201,7 @@ void worker_join_and_free(struct worker *w)
     struct conn *c;
     while ((c = LIST_FIRST(&w->conns)) != NULL)
         conn_abort(c);
+    dyncred_worker_shutdown(w); /* after the conns: none of ours waits on them any more */
     upstream_pool_flush(w);
     dns_server_free(w->dns_server); /* before its evdns base goes */
     w->dns_server = NULL;

@@ -23,6 +23,7 @@ struct event;
 struct evconnlistener;
 struct conn;
 struct upstream;
+struct dyncred_fetch;
 
 /* State every worker reads and nobody writes after serve has started them. */
 struct serve_shared {
@@ -33,6 +34,11 @@ struct serve_shared {
      * address a sandbox uses to reach them. */
     struct sockaddr_storage self[4];
     size_t n_self;
+    /* Dynamic credentials (dyncred): the cache all workers share, the keys that sign callback
+     * requests, and the "iss" of those signatures (the control API's origin). */
+    struct credcache *credcache;
+    struct signkeys *signkeys;
+    const char *callback_issuer;
     /* Transparent listener: is this peer address one of our sandboxes? NULL: none are. */
     bool (*is_sandbox_peer)(void *ctx, struct in_addr addr);
     void *sandbox_ctx;
@@ -40,6 +46,7 @@ struct serve_shared {
 
 LIST_HEAD(conn_list, conn);
 TAILQ_HEAD(upstream_list, upstream);
+LIST_HEAD(dyncred_fetch_list, dyncred_fetch);
 
 struct worker {
     int index;
@@ -63,6 +70,7 @@ struct worker {
     struct upstream_list idle_upstreams; /* pool of reusable upstream connections, LRU first */
     size_t n_idle_upstreams;
     bool draining; /* stop accepting; close connections as they go idle */
+    struct dyncred_fetch_list fetches; /* credential exchanges this worker runs for everyone */
 
     atomic_uint_fast64_t applied_version; /* the snapshot version now in use (any thread reads) */
     struct metrics metrics;               /* written by this worker, read by /metrics scrapes */

@@ -970,6 +970,25 @@ static void test_write_request_overrides(void **state)
     assert_non_null(strstr(h, "x-api-key: two\r\n"));
     free(h);
     evbuffer_free(out);
+
+    /* a NULL value removes every client copy and adds nothing (AWS re-signing drops the
+     * sandbox's X-Amz-Security-Token when the rule has none) */
+    struct http1_header_override drop[] = {{"X-Amz-Security-Token", NULL}};
+    assert_int_equal(req_parse("GET /v1 HTTP/1.1\r\nHost: h\r\nx-amz-security-token: fake\r\n"
+                               "X-Keep: 1\r\nX-AMZ-SECURITY-TOKEN: fake2\r\n\r\n",
+                               &req, NULL),
+                     HTTP1_OK);
+    out = evbuffer_new();
+    assert_int_equal(http1_write_request_head(out, &req, "/v1", 3, drop, 1), 0);
+    h = evbuf_str(out);
+    assert_string_equal(h, "GET /v1 HTTP/1.1\r\nHost: h\r\nX-Keep: 1\r\n\r\n");
+    free(h);
+    evbuffer_free(out);
+    /* a removal still needs a valid, non-framing name */
+    struct http1_header_override bad_drop[] = {{"Content-Length", NULL}};
+    out = evbuffer_new();
+    assert_int_equal(http1_write_request_head(out, &req, "/v1", 3, bad_drop, 1), -1);
+    evbuffer_free(out);
 }
 
 static void test_write_request_bad_overrides(void **state)
@@ -992,8 +1011,10 @@ static void test_write_request_bad_overrides(void **state)
         {"Connection", "close"},
         {"Upgrade", "x"},
         {NULL, "v"},
-        {"X", NULL},
     };
+    /* (a NULL value is a removal for http1_write_request_head, but never a valid field) */
+    struct http1_header_override no_value = {"X", NULL};
+    assert_false(http1_override_valid(&no_value));
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         struct evbuffer *out = evbuffer_new();
         struct http1_header_override ov[2] = {{"X-Good", "fine"}, bad[i]};
