@@ -171,7 +171,12 @@ static void gcp_done(const struct httpc_response *resp, const char *error, void 
     if (resp == NULL) {
         log_warn("gcp token endpoint %s: %s", f->what, error);
     } else if (resp->status != 200) {
-        log_warn("gcp token endpoint %s: answered %d", f->what, resp->status);
+        /* Google explains a refusal in the body ({"error", "error_description"}) */
+        (void)gcp_parse_token_response(resp->body, resp->body_len, &token, &expires_in, &err);
+        log_warn("gcp token endpoint %s: answered %d%s%s", f->what, resp->status,
+                 err ? ": " : "", err ? err : "");
+        secret_free(token);
+        token = NULL;
     } else if (gcp_parse_token_response(resp->body, resp->body_len, &token, &expires_in, &err) !=
                0) {
         log_warn("gcp token endpoint %s: %s", f->what, err ? err : "invalid answer");
@@ -301,7 +306,7 @@ enum credcache_result dyncred_callback_resolve(struct worker *w, struct snapshot
     }
     hs[n++] = (struct httpc_header){"Content-Type", "application/json"};
     hs[n++] = (struct httpc_header){"User-Agent", "authproxy/" AUTHPROXY_VERSION};
-    hs[n++] = (struct httpc_header){"X-LangSmith-Signature-JWT", jwt};
+    hs[n++] = (struct httpc_header){SIGNKEYS_HEADER, jwt};
     for (size_t i = 0; i < cb->n_request_headers; i++)
         hs[n++] = (struct httpc_header){cb->request_headers[i].name,
                                         cb->request_headers[i].value};
