@@ -1053,8 +1053,13 @@ int jail_spawn(const struct jail_spec *spec, struct jail_proc *proc, char *err, 
                        strerror(ce.errnum));
             else if (ce.stage == ST_EXEC)
                 jf_err(err, errlen, "cannot execute '%s': %s", spec->argv[0], strerror(ce.errnum));
+            else if (ce.stage == ST_CHDIR)
+                jf_err(err, errlen, "cannot enter the working directory '%s': %s", pr.cwd,
+                       strerror(ce.errnum));
             else
                 jf_err(err, errlen, "sandbox setup failed %s: %s", what, strerror(ce.errnum));
+            if (ce.stage == ST_EXEC || ce.stage == ST_CHDIR)
+                rc = JAIL_SPAWN_COMMAND_ERROR;
             goto fail_kill;
         }
     }
@@ -1235,8 +1240,9 @@ int jail_run(const struct jail_spec *spec, const void *stdin_data, size_t stdin_
     memset(res, 0, sizeof(*res));
     if (max_output == 0)
         max_output = 16u << 20;
-    if (jail_spawn(spec, &proc, err, errlen) == -1)
-        return -1;
+    int rc = jail_spawn(spec, &proc, err, errlen);
+    if (rc != 0)
+        return rc;
     /* A command that exits without reading its stdin must not SIGPIPE the daemon: block the
      * signal in this thread while feeding, and swallow one raised here. */
     sigemptyset(&pipe_set);

@@ -127,9 +127,15 @@ struct jail_result {
     bool err_truncated;
 };
 
+/* jail_spawn's return when the sandbox was built but the command itself could not start: its
+ * program cannot be executed or its working directory entered (the caller's input, e.g. a 400
+ * for an API request, rather than a failure of the host). */
+#define JAIL_SPAWN_COMMAND_ERROR (-2)
+
 /* Starts spec->argv in a new jail. Returns once the command has been exec'd (so a missing
  * program, a bad workspace or a mount failure is reported here, not as an exit code), 0 with
- * *proc filled, or -1 with a message in err (nothing left running, no fd leaked). */
+ * *proc filled, or -1 / JAIL_SPAWN_COMMAND_ERROR with a message in err (nothing left running,
+ * no fd leaked). */
 int jail_spawn(const struct jail_spec *spec, struct jail_proc *proc, char *err, size_t errlen);
 /* Kills the whole jail now: SIGKILL to init; the kernel then kills every process of its PID
  * namespace, which no process can leave (setns/unshare are filtered). The cgroup is left alone:
@@ -145,7 +151,8 @@ void jail_proc_close(struct jail_proc *proc);
 /* Runs spec to completion: feeds stdin_data (if spec->want_stdin; the pipe is closed after it),
  * collects stdout and stderr (up to max_output bytes each; 0 = 16 MiB), enforces the timeout.
  * Blocking: call it from a thread that may block (e.g. not an event loop). 0 with *res filled
- * (whatever the command's exit status), or -1 with a message in err if it could not start. */
+ * (whatever the command's exit status), or jail_spawn's error with a message in err if it could
+ * not start. */
 int jail_run(const struct jail_spec *spec, const void *stdin_data, size_t stdin_len,
              size_t max_output, struct jail_result *res, char *err, size_t errlen);
 void jail_result_free(struct jail_result *res);

@@ -415,10 +415,16 @@ static void test_spawn_errors_are_reported(void **state)
     struct jail_proc p;
     char err[512] = "";
 
-    assert_int_equal(jail_spawn(&s, &p, err, sizeof(err)), -1);
+    /* The command's own problems (program, working directory) are told apart from the
+     * sandbox's: an API answers the first with 400. */
+    assert_int_equal(jail_spawn(&s, &p, err, sizeof(err)), JAIL_SPAWN_COMMAND_ERROR);
     assert_non_null(strstr(err, "cannot execute 'no-such-command-xyz'"));
     const char *argv2[] = {"true", NULL};
     s.argv = argv2;
+    s.cwd = "/no-such-dir-xyz";
+    assert_int_equal(jail_spawn(&s, &p, err, sizeof(err)), JAIL_SPAWN_COMMAND_ERROR);
+    assert_non_null(strstr(err, "working directory '/no-such-dir-xyz'"));
+    s.cwd = NULL;
     s.workspace = "/nonexistent/workspace";
     assert_int_equal(jail_spawn(&s, &p, err, sizeof(err)), -1);
     assert_non_null(strstr(err, "/nonexistent/workspace"));
