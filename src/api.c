@@ -39,6 +39,9 @@ enum api_resource {
     RES_BOXES,
     RES_BOX,
     RES_BOX_STATUS,
+    RES_BOX_START,
+    RES_BOX_STOP,
+    RES_EXECUTE, /* a box's dataplane: POST .../dataplane/{id}/execute */
     RES_TEMPLATES,
     RES_TEMPLATE,
     RES_SECRETS,
@@ -208,6 +211,13 @@ static enum api_resource api_resolve(char **seg, int n, const char **arg)
                 return RES_BOX;
             if (n == 5 && seg_is(seg, n, 4, "status"))
                 return RES_BOX_STATUS;
+            if (n == 5 && seg_is(seg, n, 4, "start"))
+                return RES_BOX_START;
+            if (n == 5 && seg_is(seg, n, 4, "stop"))
+                return RES_BOX_STOP;
+        } else if (seg_is(seg, n, 2, "dataplane") && n == 5 && seg_is(seg, n, 4, "execute")) {
+            *arg = seg[3];
+            return RES_EXECUTE;
         } else if (seg_is(seg, n, 2, "templates")) {
             if (n == 3)
                 return RES_TEMPLATES;
@@ -248,6 +258,15 @@ static api_handler api_pick(enum api_resource r, enum evhttp_cmd_type m, const c
     case RES_BOX_STATUS:
         *allow = "GET";
         return m == EVHTTP_REQ_GET ? api_boxes_status : NULL;
+    case RES_BOX_START:
+        *allow = "POST";
+        return m == EVHTTP_REQ_POST ? api_boxes_start : NULL;
+    case RES_BOX_STOP:
+        *allow = "POST";
+        return m == EVHTTP_REQ_POST ? api_boxes_stop : NULL;
+    case RES_EXECUTE:
+        *allow = "POST";
+        return m == EVHTTP_REQ_POST ? api_boxes_execute : NULL;
     case RES_TEMPLATES:
         *allow = "GET, POST";
         return m == EVHTTP_REQ_GET    ? api_templates_list
@@ -378,6 +397,32 @@ static void api_send_text(struct api_call *c, void (*render)(void *ctx, struct e
     evbuffer_free(out);
 }
 
+/* True for a Host header value that can go into a URL as it is: a name or an IPv4/[IPv6]
+ * literal, with an optional port. */
+static bool api_host_ok(const char *h)
+{
+    size_t n = h != NULL ? strlen(h) : 0;
+    if (n == 0 || n > 300)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char ch = h[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '.' || ch == '-' || ch == ':' || ch == '[' || ch == ']'))
+            return false;
+    }
+    return true;
+}
+
+char *api_dataplane_base(const struct api_call *c)
+{
+    if (c->api->hooks.dataplane_base != NULL)
+        return xstrdup(c->api->hooks.dataplane_base);
+    const char *host = evhttp_find_header(evhttp_request_get_input_headers(c->req), "Host");
+    if (!api_host_ok(host))
+        host = c->api->listen;
+    return xasprintf("http://%s/v2/sandboxes/dataplane", host);
+}
+
 /* Copies path for log lines and messages: printable ASCII only (anything else becomes '?'),
  * truncated with "..." to fit size. */
 static void api_safe_path(const char *path, char *out, size_t size)
@@ -460,7 +505,9 @@ static void api_handle(struct evhttp_request *req, void *arg)
         api_reply_error(&c, 405, "Method Not Allowed");
         goto out;
     }
-    if (m == EVHTTP_REQ_POST || m == EVHTTP_REQ_PUT || m == EVHTTP_REQ_PATCH) {
+    /* start/stop take no body (the SDKs send {}; curl users often nothing at all). */
+    if ((m == EVHTTP_REQ_POST || m == EVHTTP_REQ_PUT || m == EVHTTP_REQ_PATCH) &&
+        res != RES_BOX_START && res != RES_BOX_STOP) {
         if (!api_read_body(&c, res == RES_SECRETS))
             goto out;
     }
@@ -471,12 +518,14 @@ static void api_handle(struct evhttp_request *req, void *arg)
         (void)control_sync(api->ctl);
     }
     h(&c);
-    if (c.status == 0) { /* a handler that forgot to answer is a bug; never hang the client */
+    if (c.status == 0 && !c.deferred) { /* a handler that forgot to answer is a bug */
         log_error("api: %s %s: handler sent no response", c.method, qpath);
         api_reply_error(&c, 500, "internal error");
     }
 out:
-    if (c.status >= 500)
+    if (c.deferred && c.status == 0)
+        log_info("api: %s %s -> running", c.method, qpath);
+    else if (c.status >= 500)
         log_warn("api: %s %s -> %d", c.method, qpath, c.status);
     else
         log_info("api: %s %s -> %d", c.method, qpath, c.status);

@@ -12,7 +12,11 @@
  *   GET    /v2/sandboxes/boxes/{name}/status          {"status", "status_message"}
  *   PATCH  /v2/sandboxes/boxes/{name}                 name, idle_ttl_seconds, ttl_seconds,
  *                                                     env_vars, proxy_config
- *   DELETE /v2/sandboxes/boxes/{name}                 204
+ *   DELETE /v2/sandboxes/boxes/{name}                 204 (its runtime stopped, files deleted)
+ *   POST   /v2/sandboxes/boxes/{name}/start           start its runtime: 200 with the box
+ *   POST   /v2/sandboxes/boxes/{name}/stop            stop its runtime: 200 with the box
+ *   POST   /v2/sandboxes/dataplane/{id}/execute       run a command in the box (its
+ *                                                     dataplane_url + "/execute", SPEC §6)
  *   POST   /v2/sandboxes/templates                    create a template        201
  *   GET    /v2/sandboxes/templates[/{name}]           {"templates": [...]} / one template
  *   DELETE /v2/sandboxes/templates/{name}             204
@@ -22,8 +26,8 @@
  *   GET    /v1/workspaces/current/secrets/{key}       one secret's metadata (never the value)
  *   PUT    /v1/workspaces/current/secrets/{key}       {"value", "configs"}: 201 new, 200 updated
  *   DELETE /v1/workspaces/current/secrets/{key}       204
- * Other paths under /v2/sandboxes/ that the hosted API has (snapshots, service URLs, start/stop)
- * answer 501 with a detail; anything else 404.
+ * Other paths under /v2/sandboxes/ that the hosted API has (snapshots, service URLs, the
+ * dataplane's files and WebSocket execute) answer 501 with a detail; anything else 404.
  *
  * Authentication: every call but /healthz carries `x-api-key`; the key names the workspace and
  * every store call is scoped to it, so another workspace's objects are 404 by construction.
@@ -39,11 +43,20 @@
  * is sent, so a 2xx means the change applies to every request that starts afterwards.
  *
  * Documented choices (where the hosted API or SPEC leave room):
- *  - Boxes. A box is ready when stored (there is no sandbox runtime yet): status "ready", the
- *    value the hosted SDKs wait for, so their create-and-wait returns at once. A create without
+ *  - Boxes and runtimes. On a daemon that runs sandboxes (control_runtime), a create starts the
+ *    box's runtime (box_runtime.h: network namespace, cgroup, disk) before answering: status
+ *    "ready", the value the hosted SDKs wait for; a runtime that cannot start fails the create
+ *    with 503 and nothing is created. A box idle for idle_ttl_seconds (or POST .../stop) is
+ *    "stopped": processes gone, files kept; the next execute (or POST .../start) starts it again
+ *    transparently, as the hosted SDK documents ("a stopped sandbox is resumed ... when the
+ *    dataplane request arrives"). DELETE stops the runtime and deletes its files. A daemon
+ *    without sandboxes (not root, --no-sandboxes, ...) keeps boxes proxy-only: status "ready",
+ *    start/stop and execute answer 501 with the reason. A create without
  *    "name" gets "box-<8 hex>" (the SDKs leave naming to the server). idle_ttl_seconds defaults
- *    to 600 as in the hosted API; TTLs are multiples of 60, 0 disables. dataplane_url is null
- *    until a runtime serves it (api_hooks.dataplane_base). Unknown top-level fields are ignored
+ *    to 600 as in the hosted API; TTLs are multiples of 60, 0 disables. dataplane_url is
+ *    http://<the Host the request came to>/v2/sandboxes/dataplane/<box id> (by id, so a rename
+ *    keeps it; api_hooks.dataplane_base overrides the prefix, e.g. behind a reverse proxy): the
+ *    control listener serves it with the same x-api-key. Unknown top-level fields are ignored
  *    (the SDKs send wait_for_ready, timeout, labels...), except mount_config, which is refused
  *    rather than silently dropped. A box made from a template copies the template's
  *    proxy_config, image and resources; the request's own fields override them.
@@ -65,6 +78,23 @@
  *    boxes that were already invalid before do not block unrelated changes.
  *  - Limits. Bodies over 1 MiB get a JSON 413 up to 4 MiB; beyond that libevent 2.1 answers
  *    413 itself (HTML body) before the API sees the request. Headers are capped at 64 KiB.
+ *  - Execute. POST {dataplane_url}/execute {"command", "timeout", "shell", "env", "cwd"} (the
+ *    hosted SDKs' HTTP fallback; "run_config": {"env_vars", "work_dir"} is the newer spelling of
+ *    env and cwd, not to be combined with them) -> 200 {"stdout", "stderr", "exit_code",
+ *    "timed_out", "stdout_truncated", "stderr_truncated", "duration_ms"}. The command runs as
+ *    `<shell> -c <command>` (shell default /bin/bash, an absolute path), cwd default /workspace
+ *    (absolute paths only), timeout in seconds (default 60, at most API_EXEC_TIMEOUT_MAX). Its
+ *    environment: PATH, HOME, the CA trust variables, the enabled rules' env_vars
+ *    placeholders, the box's env_vars, then the request's env, later ones winning. exit_code
+ *    is what a shell reports: the status, 128 + signal, 124 when the timeout killed it
+ *    (timed_out true; stdout/stderr hold what came before). Output: each stream capped at
+ *    BOX_RUNTIME_OUTPUT_MAX (1 MiB), *_truncated says when more was discarded; bytes that are
+ *    not UTF-8 become U+FFFD. A stopped box is started first. The request is answered when the
+ *    command ends; the event loop is never blocked meanwhile (box_runtime_exec). Errors: 400
+ *    (bad field; a shell or cwd that cannot be used), 404 (no such box in this workspace, or it
+ *    was deleted while the command ran), 409 (stopped while it ran), 429 (too many commands in
+ *    the box), 501 (no sandboxes on this daemon), 503 (the sandbox cannot start, or the daemon
+ *    is stopping).
  *  - /metrics takes any workspace's key (Prometheus: scrape with an x-api-key header, e.g.
  *    http_headers in the scrape config); /healthz takes none.
  *
@@ -86,9 +116,12 @@ struct control;
 struct event_base;
 struct evbuffer;
 
-#define API_BODY_MAX     (1u << 20) /* request bodies above this get a JSON 413 */
-#define API_HEADERS_MAX  (64u << 10)
-#define API_BOX_NAME_MAX 63 /* box and template names: [A-Za-z0-9][A-Za-z0-9._-]{0,62} */
+#define API_BODY_MAX             (1u << 20) /* request bodies above this get a JSON 413 */
+#define API_HEADERS_MAX          (64u << 10)
+#define API_BOX_NAME_MAX         63    /* box and template names: [A-Za-z0-9][A-Za-z0-9._-]{0,62} */
+#define API_EXEC_TIMEOUT_DEFAULT 60    /* seconds, as the hosted SDKs send */
+#define API_EXEC_TIMEOUT_MAX     86400 /* seconds */
+#define API_EXEC_SHELL_DEFAULT   "/bin/bash"
 
 /* What the daemon supplies. Copied by api_new (strings are duplicated). */
 struct api_hooks {
@@ -101,8 +134,9 @@ struct api_hooks {
     /* Appends the JWKS document ({"keys": [...]}) of the callback-signing keys for
      * GET /.well-known/jwks.json (SPEC §4; public, no key needed). NULL: that path is a 404. */
     void (*render_jwks)(void *ctx, struct evbuffer *out);
-    /* Base URL under which a box's data plane is served ("<base>/<box id>", SDK field
-     * dataplane_url). NULL while no sandbox runtime serves it: dataplane_url is null. */
+    /* Base URL of the boxes' data plane ("<base>/<box id>", SDK field dataplane_url), for a
+     * control API reached through a reverse proxy. NULL: http://<request Host>/v2/sandboxes/
+     * dataplane, served by this API. */
     const char *dataplane_base;
 };
 
@@ -191,6 +225,25 @@ json_t *api_json_template_body(const json_t *body, const char **name, struct err
 void api_json_template_resources(const json_t *tbody, int64_t *cpu_millicores, int64_t *mem_bytes,
                                  int64_t *fs_capacity_bytes);
 
+/* An execute request (see the top), validated field by field into *out (strings borrowed from
+ * body; env is the request's env or run_config.env_vars). Every problem goes to errs as
+ * "<field>: ...". Returns true when valid. */
+struct api_exec_req {
+    const char *command;
+    const char *shell;
+    const char *cwd;   /* NULL: the default */
+    const json_t *env; /* object of names to strings, or NULL */
+    double timeout_s;
+};
+bool api_json_exec_request(const json_t *body, struct api_exec_req *out, struct errlist *errs);
+/* buf[0..len) as a JSON string: valid UTF-8 is kept byte for byte (NULs included), every
+ * invalid byte becomes U+FFFD. New reference. */
+json_t *api_json_text(const char *buf, size_t len);
+/* The 200 body of an execute that ran: {"stdout", "stderr", "exit_code", "timed_out",
+ * "stdout_truncated", "stderr_truncated", "duration_ms"}. New reference. */
+struct box_exec_result;
+json_t *api_json_exec_result(const struct box_exec_result *r);
+
 /* The JSON object of a box as the API returns it (opaque values masked). dataplane_base as in
  * api_hooks. New reference. */
 json_t *api_json_box(const struct store_box *b, const char *dataplane_base);
@@ -245,6 +298,7 @@ struct api_call {
     const char *arg;    /* the decoded {name} / {key} path parameter, or NULL */
     json_t *body;       /* POST/PUT/PATCH: the parsed body (object or, for bulk, array) */
     int status;         /* what was answered (0 until then) */
+    bool deferred;      /* the handler answers later (execute): the request stays open */
 };
 
 /* Sends doc (stolen; NULL sends no body) as application/json with status code. The response
@@ -262,6 +316,10 @@ void api_reply_store(struct api_call *c, int rc, const char *what, const char *n
  * true on success; otherwise answers 500 and returns false. */
 bool api_publish(struct api_call *c);
 
+/* The dataplane_url prefix for responses to c: api_hooks.dataplane_base, or derived from the
+ * request's Host header (the address the client reached the API at). Heap; caller frees. */
+char *api_dataplane_base(const struct api_call *c);
+
 /* Handlers (api_boxes.c, api_templates.c, api_secrets.c). */
 void api_boxes_create(struct api_call *c);
 void api_boxes_list(struct api_call *c);
@@ -269,6 +327,9 @@ void api_boxes_get(struct api_call *c);
 void api_boxes_status(struct api_call *c);
 void api_boxes_patch(struct api_call *c);
 void api_boxes_delete(struct api_call *c);
+void api_boxes_start(struct api_call *c);
+void api_boxes_stop(struct api_call *c);
+void api_boxes_execute(struct api_call *c);
 void api_templates_create(struct api_call *c);
 void api_templates_list(struct api_call *c);
 void api_templates_get(struct api_call *c);

@@ -4,22 +4,26 @@
  * box's row (store_aad_box(ws, id)); reads mask them. A write goes: validate the request shape,
  * build the config (upgrade legacy rules, keep stored opaque values a PATCH repeats without
  * value), validate the plaintext view with control_check_proxy_config, seal, store, publish.
- * Nothing is written unless all of it validates. */
+ * Nothing is written unless all of it validates.
+ *
+ * With sandbox runtimes (control_runtime), a box's lifecycle follows its runtime (api.h "Boxes
+ * and runtimes"), and POST .../dataplane/{id}/execute runs commands in it asynchronously: the
+ * handler starts the command and returns; the evhttp request is answered from the command's
+ * completion callback on the same loop. */
 #include "api.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "box_runtime.h"
 #include "control.h"
 #include "log.h"
 #include "policy.h"
 
 /* Idle stop the hosted API applies when the create request gives none (its SDK documents 600). */
 #define DEFAULT_IDLE_TTL_SECONDS 600
-/* Status of a box that can be used: the hosted SDKs wait for "ready". There is no sandbox
- * runtime yet (a box is its policy and proxy credential), so a box is ready once stored. */
-#define BOX_STATUS_READY "ready"
 
 struct seal_ctx {
     struct store *st;
@@ -138,7 +142,9 @@ static void api_boxes_reply_box(struct api_call *c, int code, const char *id, js
         api_reply_store(c, rc, "sandbox", id);
         return;
     }
-    json_t *o = api_json_box(&b, c->api->hooks.dataplane_base);
+    char *dp = api_dataplane_base(c);
+    json_t *o = api_json_box(&b, dp);
+    free(dp);
     if (extra != NULL) {
         json_object_update(o, extra);
         json_decref(extra);
@@ -205,7 +211,7 @@ void api_boxes_create(struct api_call *c)
     struct store_box box = {0};
     box.id = id;
     box.name = (char *)name;
-    box.status = BOX_STATUS_READY;
+    box.status = CONTROL_STATUS_READY;
     box.template_name = t.name;
     box.image = (char *)(r.image ? r.image : json_string_value(json_object_get(tbody, "image")));
     pc_text = json_dumps(cfg, JSON_COMPACT);
@@ -229,12 +235,15 @@ void api_boxes_create(struct api_call *c)
         api_reply_store(c, rc, "sandbox", name);
         goto out;
     }
-    if (control_publish(c->api->ctl) != 0) {
+    /* The runtime (if this daemon runs sandboxes) and the publish: afterwards the data plane
+     * knows the box's credential and, when running, its address. */
+    char why[512];
+    if (control_box_start(c->api->ctl, c->ws_id, &box, why, sizeof(why)) != 0) {
         /* Undo, so that a retry can use the name: the token was never shown to anyone. */
+        control_box_remove(c->api->ctl, id);
         (void)store_box_delete(c->api->st, c->ws_id, name);
-        api_reply_error(c, 500,
-                        "the sandbox could not be applied to the data plane (see the "
-                        "daemon log); nothing was created");
+        (void)control_publish(c->api->ctl);
+        api_reply_error(c, 503, "the sandbox could not be started: %s; nothing was created", why);
         goto out;
     }
     json_t *extra = json_pack("{s:s}", "proxy_token", token);
@@ -266,8 +275,10 @@ void api_boxes_list(struct api_call *c)
         return;
     }
     json_t *arr = json_array();
+    char *dp = api_dataplane_base(c);
     for (size_t i = 0; i < l.n; i++)
-        json_array_append_new(arr, api_json_box(&l.items[i], c->api->hooks.dataplane_base));
+        json_array_append_new(arr, api_json_box(&l.items[i], dp));
+    free(dp);
     store_box_list_free(&l);
     api_reply(c, 200, json_pack("{s:o}", "sandboxes", arr));
 }
@@ -291,7 +302,9 @@ void api_boxes_get(struct api_call *c)
     struct store_box b = {0};
     if (!api_boxes_load(c, &b))
         return;
-    api_reply(c, 200, api_json_box(&b, c->api->hooks.dataplane_base));
+    char *dp = api_dataplane_base(c);
+    api_reply(c, 200, api_json_box(&b, dp));
+    free(dp);
     store_box_free(&b);
 }
 
@@ -302,7 +315,7 @@ void api_boxes_status(struct api_call *c)
     if (!api_boxes_load(c, &b))
         return;
     api_reply(c, 200,
-              json_pack("{s:s, s:n}", "status", b.status ? b.status : BOX_STATUS_READY,
+              json_pack("{s:s, s:n}", "status", b.status ? b.status : CONTROL_STATUS_READY,
                         "status_message"));
     store_box_free(&b);
 }
@@ -359,6 +372,8 @@ void api_boxes_patch(struct api_call *c)
     }
     if (!api_publish(c))
         goto out;
+    if (r.has_idle_ttl && control_runtime(c->api->ctl) != NULL)
+        box_runtime_set_idle_ttl(control_runtime(c->api->ctl), b.id, r.idle_ttl_seconds);
     api_boxes_reply_box(c, 200, b.id, NULL);
 out:
     free(pc_text);
@@ -370,12 +385,17 @@ out:
     errlist_free(&errs);
 }
 
-/* DELETE /v2/sandboxes/boxes/{name}: 204 once the data plane no longer knows the box (its proxy
- * credential is refused from then on). */
+/* DELETE /v2/sandboxes/boxes/{name}: 204 once the box's runtime is stopped (its running
+ * commands answered 404), its files deleted, and the data plane no longer knows the box (its
+ * proxy credential is refused from then on). */
 void api_boxes_delete(struct api_call *c)
 {
-    int rc = api_json_name_problem(c->arg) == NULL ? store_box_delete(c->api->st, c->ws_id, c->arg)
-                                                   : STORE_NOT_FOUND;
+    struct store_box b = {0};
+    if (!api_boxes_load(c, &b))
+        return;
+    control_box_remove(c->api->ctl, b.id);
+    int rc = store_box_delete(c->api->st, c->ws_id, b.name);
+    store_box_free(&b);
     if (rc != STORE_OK) {
         api_reply_store(c, rc == STORE_INVALID ? STORE_NOT_FOUND : rc, "sandbox", c->arg);
         return;
@@ -383,4 +403,164 @@ void api_boxes_delete(struct api_call *c)
     if (!api_publish(c))
         return;
     api_reply(c, 204, NULL);
+}
+
+/* Answers 501 for a lifecycle or dataplane call on a daemon without sandboxes; true if so. */
+static bool api_boxes_no_runtime(struct api_call *c)
+{
+    if (control_runtime(c->api->ctl) != NULL)
+        return false;
+    api_reply_error(c, 501,
+                    "this authproxy daemon runs no sandboxes (%s): boxes are proxy-only, their "
+                    "clients use the explicit proxy with the box's proxy_url",
+                    control_runtime_unavailable(c->api->ctl));
+    return true;
+}
+
+/* POST /v2/sandboxes/boxes/{name}/start: its runtime runs afterwards; 200 with the box. */
+void api_boxes_start(struct api_call *c)
+{
+    struct store_box b = {0};
+    char why[512];
+    if (api_boxes_no_runtime(c) || !api_boxes_load(c, &b))
+        return;
+    if (control_box_start(c->api->ctl, c->ws_id, &b, why, sizeof(why)) != 0)
+        api_reply_error(c, 503, "the sandbox could not be started: %s", why);
+    else
+        api_boxes_reply_box(c, 200, b.id, NULL);
+    store_box_free(&b);
+}
+
+/* POST /v2/sandboxes/boxes/{name}/stop: processes killed (running commands answered 409),
+ * network and cgroup released, files kept; status "stopped". 200 with the box. */
+void api_boxes_stop(struct api_call *c)
+{
+    struct store_box b = {0};
+    if (api_boxes_no_runtime(c) || !api_boxes_load(c, &b))
+        return;
+    if (control_box_stop(c->api->ctl, c->ws_id, &b, BOX_EXEC_STOPPED) != 0)
+        api_reply_error(c, 500, "internal error: the state store failed (see the daemon log)");
+    else
+        api_boxes_reply_box(c, 200, b.id, NULL);
+    store_box_free(&b);
+}
+
+/* ---- execute ------------------------------------------------------------------------------- */
+
+/* An execute whose answer is pending: what the completion needs to answer it. */
+struct api_exec_call {
+    struct api *api;
+    struct evhttp_request *req;
+    char *box_name;
+};
+
+/* box_exec_done_fn: answers the pending request (evhttp frees a request whose client left when
+ * it is answered, so this is always safe). */
+static void api_exec_done(void *arg, const struct box_exec_result *r)
+{
+    struct api_exec_call *x = arg;
+    struct api_call c = {.api = x->api, .req = x->req, .method = "POST"};
+    char q[80];
+    policy_quote(x->box_name, q, sizeof(q));
+    switch (r->end) {
+    case BOX_EXEC_EXITED:
+        api_reply(&c, 200, api_json_exec_result(r));
+        break;
+    case BOX_EXEC_STOPPED:
+        api_reply_error(&c, 409, "sandbox %s was stopped while the command ran", q);
+        break;
+    case BOX_EXEC_DELETED:
+        api_reply_error(&c, 404, "sandbox %s was deleted while the command ran", q);
+        break;
+    case BOX_EXEC_SHUTDOWN:
+        api_reply_error(&c, 503, "authproxy is shutting down: the command was killed");
+        break;
+    }
+    log_info("api: execute in sandbox %s -> %d (exit %d%s, %llu ms)", q, c.status, r->exit_code,
+             r->timed_out ? ", timed out" : "", (unsigned long long)r->duration_ms);
+    free(x->box_name);
+    free(x);
+}
+
+/* Appends the box's stored env_vars (a JSON object of strings) to env. */
+static void api_boxes_env_from_json(struct box_runtime_env *env, const json_t *obj)
+{
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)obj, k, v)
+    {
+        if (json_is_string(v))
+            box_runtime_env_add(env, k, json_string_value(v));
+    }
+}
+
+/* POST /v2/sandboxes/dataplane/{id}/execute (api.h "Execute"). The box is named by its id (the
+ * dataplane_url's) or, for curl users, by its name. */
+void api_boxes_execute(struct api_call *c)
+{
+    struct store_box b = {0};
+    struct api_exec_req r;
+    struct errlist errs = {0};
+    struct box_runtime_env env = {0};
+    json_t *box_env = NULL;
+    char why[512];
+    int rc = store_box_get_by_id(c->api->st, c->ws_id, c->arg, &b);
+    if (rc == STORE_NOT_FOUND || rc == STORE_INVALID)
+        rc = api_json_name_problem(c->arg) == NULL ? store_box_get(c->api->st, c->ws_id, c->arg, &b)
+                                                   : STORE_NOT_FOUND;
+    if (rc != STORE_OK) {
+        api_reply_store(c, rc == STORE_INVALID ? STORE_NOT_FOUND : rc, "sandbox", c->arg);
+        goto out;
+    }
+    if (api_boxes_no_runtime(c))
+        goto out;
+    if (!api_json_exec_request(c->body, &r, &errs)) {
+        api_reply_errlist(c, 400, &errs);
+        goto out;
+    }
+    struct box_runtime *rt = control_runtime(c->api->ctl);
+    if (!box_runtime_running(rt, b.id) &&
+        control_box_start(c->api->ctl, c->ws_id, &b, why, sizeof(why)) != 0) {
+        api_reply_error(c, 503, "the sandbox could not be started: %s", why);
+        goto out;
+    }
+    control_box_env(c->api->ctl, b.id, &env);
+    box_env = b.env_vars != NULL ? json_loads(b.env_vars, 0, NULL) : NULL;
+    if (json_is_object(box_env))
+        api_boxes_env_from_json(&env, box_env);
+    if (r.env != NULL)
+        api_boxes_env_from_json(&env, r.env);
+    const char *argv[] = {r.shell, "-c", r.command, NULL};
+    struct box_exec_request req = {
+        .argv = argv,
+        .env = box_runtime_env_list(&env),
+        .cwd = r.cwd,
+        .timeout_ms = (unsigned)(r.timeout_s * 1000.0 + 0.5),
+    };
+    struct api_exec_call *x = xcalloc(1, sizeof(*x));
+    x->api = c->api;
+    x->req = c->req;
+    x->box_name = xstrdup(b.name);
+    if (box_runtime_exec(rt, b.id, &req, api_exec_done, x, why, sizeof(why)) != 0) {
+        int e = errno;
+        free(x->box_name);
+        free(x);
+        if (e == EINVAL)
+            api_reply_error(c, 400, "%s: %s",
+                            r.cwd != NULL && strstr(why, "working directory") ? "cwd" : "shell",
+                            why);
+        else if (e == EAGAIN)
+            api_reply_error(c, 429, "%s; retry when one has ended", why);
+        else
+            api_reply_error(c, 500,
+                            "internal error: the command could not be started (see the "
+                            "daemon log)");
+        goto out;
+    }
+    c->deferred = true;
+out:
+    json_decref(box_env);
+    box_runtime_env_free(&env);
+    errlist_free(&errs);
+    store_box_free(&b);
 }

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "box_runtime.h"
 #include "glob.h"
 #include "policy.h"
 #include "seal.h"
@@ -694,6 +695,173 @@ bool api_json_box_request(const json_t *body, bool create, struct api_box_req *o
             ok = false;
     }
     return ok;
+}
+
+/* ---- execute ------------------------------------------------------------------------------- */
+
+#define EXEC_COMMAND_MAX (256u << 10)
+#define EXEC_PATH_MAX    4096
+
+/* An optional absolute path at body[key] (path names it in messages); NULL when absent. */
+static bool abs_path_field(const json_t *body, const char *key, const char *path, const char **out,
+                           struct errlist *errs)
+{
+    const json_t *v = json_object_get(body, key);
+    *out = NULL;
+    if (v == NULL || json_is_null(v))
+        return true;
+    if (!json_is_string(v) || strlen(json_string_value(v)) != json_string_length(v) ||
+        json_string_value(v)[0] != '/' || json_string_length(v) > EXEC_PATH_MAX) {
+        errlist_add(errs, "%s: expected an absolute path (a string starting with '/')", path);
+        return false;
+    }
+    *out = json_string_value(v);
+    return true;
+}
+
+bool api_json_exec_request(const json_t *body, struct api_exec_req *out, struct errlist *errs)
+{
+    bool ok = true;
+    const json_t *v;
+    const char *cwd = NULL, *work_dir = NULL;
+    memset(out, 0, sizeof(*out));
+    out->shell = API_EXEC_SHELL_DEFAULT;
+    out->timeout_s = API_EXEC_TIMEOUT_DEFAULT;
+
+    v = json_object_get(body, "command");
+    if (v == NULL || json_is_null(v)) {
+        errlist_add(errs, "command: required");
+        ok = false;
+    } else if (!json_is_string(v) || json_string_length(v) == 0 ||
+               strlen(json_string_value(v)) != json_string_length(v) ||
+               json_string_length(v) > EXEC_COMMAND_MAX) {
+        errlist_add(errs,
+                    "command: expected a non-empty string without NUL characters, of at "
+                    "most %u bytes",
+                    EXEC_COMMAND_MAX);
+        ok = false;
+    } else {
+        out->command = json_string_value(v);
+    }
+    v = json_object_get(body, "timeout");
+    if (v != NULL && !json_is_null(v)) {
+        double t = json_is_number(v) ? json_number_value(v) : -1;
+        if (!(t > 0 && t <= API_EXEC_TIMEOUT_MAX)) {
+            errlist_add(errs, "timeout: expected a number of seconds above 0 and at most %d",
+                        API_EXEC_TIMEOUT_MAX);
+            ok = false;
+        } else {
+            out->timeout_s = t;
+        }
+    }
+    const char *shell = NULL;
+    ok = abs_path_field(body, "shell", "shell", &shell, errs) && ok;
+    if (shell != NULL)
+        out->shell = shell;
+    ok = abs_path_field(body, "cwd", "cwd", &cwd, errs) && ok;
+    const json_t *env = json_object_get(body, "env");
+    if (env != NULL && !json_is_null(env)) {
+        if (env_vars_field(env, "env", errs))
+            out->env = env;
+        else
+            ok = false;
+    }
+    /* The newer spelling (hosted SDK RunConfig): env_vars and work_dir; user is not ours to
+     * choose (commands run unprivileged). */
+    const json_t *rc = json_object_get(body, "run_config");
+    if (rc != NULL && !json_is_null(rc)) {
+        if (!json_is_object(rc)) {
+            errlist_add(errs, "run_config: expected an object, found %s", policy_json_kind(rc));
+            return false;
+        }
+        if ((env != NULL && !json_is_null(env)) || cwd != NULL) {
+            errlist_add(errs, "run_config: cannot be combined with env or cwd (give "
+                              "run_config.env_vars and run_config.work_dir)");
+            ok = false;
+        }
+        const json_t *u = json_object_get(rc, "user");
+        if (u != NULL && !json_is_null(u)) {
+            errlist_add(errs, "run_config.user: not supported (commands run as an unprivileged "
+                              "user)");
+            ok = false;
+        }
+        ok = abs_path_field(rc, "work_dir", "run_config.work_dir", &work_dir, errs) && ok;
+        const json_t *rce = json_object_get(rc, "env_vars");
+        if (rce != NULL && !json_is_null(rce)) {
+            if (env_vars_field(rce, "run_config.env_vars", errs))
+                out->env = rce;
+            else
+                ok = false;
+        }
+    }
+    out->cwd = cwd != NULL ? cwd : work_dir;
+    return ok;
+}
+
+/* Length of the valid UTF-8 sequence at p (at most n bytes available), or 0 if it is not one
+ * (overlong forms, surrogates and code points above U+10FFFF are not valid). */
+static size_t utf8_seq(const unsigned char *p, size_t n)
+{
+    if (p[0] < 0x80)
+        return 1;
+    size_t len;
+    uint32_t cp;
+    if (p[0] >= 0xc2 && p[0] <= 0xdf)
+        len = 2, cp = p[0] & 0x1f;
+    else if (p[0] >= 0xe0 && p[0] <= 0xef)
+        len = 3, cp = p[0] & 0x0f;
+    else if (p[0] >= 0xf0 && p[0] <= 0xf4)
+        len = 4, cp = p[0] & 0x07;
+    else
+        return 0;
+    if (n < len)
+        return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((p[i] & 0xc0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (p[i] & 0x3f);
+    }
+    if ((len == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
+        (len == 4 && (cp < 0x10000 || cp > 0x10ffff)))
+        return 0;
+    return len;
+}
+
+json_t *api_json_text(const char *buf, size_t len)
+{
+    const unsigned char *p = (const unsigned char *)buf;
+    char *clean = xmalloc(len * 3 + 1); /* each invalid byte grows to 3 (U+FFFD) at most */
+    size_t o = 0;
+    for (size_t i = 0; i < len;) {
+        size_t k = utf8_seq(p + i, len - i);
+        if (k == 0) {
+            memcpy(clean + o, "\xef\xbf\xbd", 3);
+            o += 3;
+            i++;
+        } else {
+            memcpy(clean + o, p + i, k);
+            o += k;
+            i += k;
+        }
+    }
+    json_t *s = json_stringn(clean, o);
+    free(clean);
+    if (s == NULL)
+        abort(); /* valid UTF-8 by construction: only out of memory fails here (util.h) */
+    return s;
+}
+
+json_t *api_json_exec_result(const struct box_exec_result *r)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "stdout", api_json_text(r->out, r->out_len));
+    json_object_set_new(o, "stderr", api_json_text(r->err, r->err_len));
+    json_object_set_new(o, "exit_code", json_integer(r->exit_code));
+    json_object_set_new(o, "timed_out", json_boolean(r->timed_out));
+    json_object_set_new(o, "stdout_truncated", json_boolean(r->out_truncated));
+    json_object_set_new(o, "stderr_truncated", json_boolean(r->err_truncated));
+    json_object_set_new(o, "duration_ms", json_integer((json_int_t)r->duration_ms));
+    return o;
 }
 
 /* ---- templates ----------------------------------------------------------------------------- */

@@ -23,6 +23,9 @@ struct control {
     uint64_t published_seq; /* store change counter the published registry was built from */
     control_publish_fn publish;
     void *publish_ctx;
+    struct box_runtime *runtime; /* borrowed; NULL: no sandboxes */
+    struct registry *published;  /* reference to the last registry published */
+    char *unavailable;           /* why runtime is NULL, or NULL */
 };
 
 /* Writes the bootstrap API key to <state_dir>/bootstrap.key (mode 0600, replaced atomically). */
@@ -102,6 +105,8 @@ void control_close(struct control *c)
 {
     if (c == NULL)
         return;
+    registry_unref(c->published);
+    free(c->unavailable);
     if (c->store)
         store_close(c->store);
     seal_keyring_free(c->keyring);
@@ -177,6 +182,7 @@ static void compile_box(struct control *c, const char *ws_id, const struct store
     out->box_id = xstrdup(b->id);
     out->name = xstrdup(b->name);
     memcpy(out->token_hash, b->proxy_token_hash, REGISTRY_HASH_LEN);
+    out->sandbox_addr = box_runtime_addr(c->runtime, b->id);
     json_t *doc = b->proxy_config ? json_loads(b->proxy_config, 0, NULL) : json_object();
     char *aad = store_aad_box(ws_id, b->id);
     struct errlist errs = {0};
@@ -243,7 +249,8 @@ int control_publish(struct control *c)
     n = 0;
     if (c->publish)
         c->publish(c->publish_ctx, reg);
-    registry_unref(reg);
+    registry_unref(c->published);
+    c->published = reg; /* our reference */
     c->published_seq = seq;
     rc = 0;
 out:
@@ -265,4 +272,149 @@ int control_sync(struct control *c)
     if (seq == c->published_seq)
         return 0;
     return control_publish(c);
+}
+
+/* ---- box runtimes ---------------------------------------------------------------------------- */
+
+void control_set_runtime(struct control *c, struct box_runtime *rt, const char *unavailable)
+{
+    c->runtime = rt;
+    free(c->unavailable);
+    c->unavailable = rt == NULL && unavailable != NULL ? xstrdup(unavailable) : NULL;
+}
+
+const char *control_runtime_unavailable(const struct control *c)
+{
+    return c->unavailable != NULL ? c->unavailable : "this daemon runs no sandboxes";
+}
+
+struct box_runtime *control_runtime(struct control *c)
+{
+    return c->runtime;
+}
+
+/* Records a box's status (no-op when it is that already). 0, or -1 (logged). */
+static int set_status(struct control *c, const char *ws_id, const char *box_id, const char *status)
+{
+    struct store_box b = {0};
+    int rc = store_box_get_by_id(c->store, ws_id, box_id, &b);
+    if (rc == STORE_OK && (b.status == NULL || strcmp(b.status, status) != 0)) {
+        free(b.status);
+        b.status = xstrdup(status);
+        rc = store_box_update(c->store, ws_id, &b);
+    }
+    store_box_free(&b);
+    if (rc != STORE_OK && rc != STORE_NOT_FOUND) {
+        log_error("control: cannot record status %s of sandbox %s: %s", status, box_id,
+                  store_strerror(rc));
+        return -1;
+    }
+    return 0;
+}
+
+/* The runtime limits of a stored box. */
+static struct box_runtime_limits box_limits(const struct store_box *b)
+{
+    struct box_runtime_limits lim = {
+        .name = b->name,
+        .cpu_millicores = b->cpu_millicores,
+        .mem_bytes = b->mem_bytes,
+        .fs_capacity_bytes = b->fs_capacity_bytes,
+        .idle_ttl_seconds = b->idle_ttl_seconds,
+    };
+    return lim;
+}
+
+int control_box_start(struct control *c, const char *ws_id, const struct store_box *b, char *err,
+                      size_t errlen)
+{
+    if (c->runtime != NULL) {
+        bool was_running = box_runtime_running(c->runtime, b->id);
+        struct box_runtime_limits lim = box_limits(b);
+        if (box_runtime_start(c->runtime, ws_id, b->id, &lim, err, errlen) != 0)
+            return -1;
+        if (was_running && b->status != NULL && strcmp(b->status, CONTROL_STATUS_READY) == 0)
+            return 0;
+        /* A failed status write is logged; the runtime runs all the same. */
+        (void)set_status(c, ws_id, b->id, CONTROL_STATUS_READY);
+    }
+    if (control_publish(c) != 0) {
+        if (c->runtime != NULL)
+            box_runtime_stop(c->runtime, b->id, BOX_EXEC_STOPPED);
+        snprintf(err, errlen,
+                 "the sandbox could not be applied to the data plane (see the "
+                 "daemon log)");
+        return -1;
+    }
+    return 0;
+}
+
+int control_box_stop(struct control *c, const char *ws_id, const struct store_box *b,
+                     enum box_exec_end why)
+{
+    if (c->runtime != NULL)
+        box_runtime_stop(c->runtime, b->id, why);
+    int rc = set_status(c, ws_id, b->id, CONTROL_STATUS_STOPPED);
+    (void)control_publish(c);
+    return rc;
+}
+
+void control_box_idle_stopped(void *ctx, const char *ws_id, const char *box_id)
+{
+    struct control *c = ctx;
+    (void)set_status(c, ws_id, box_id, CONTROL_STATUS_STOPPED);
+    (void)control_publish(c);
+}
+
+void control_box_remove(struct control *c, const char *box_id)
+{
+    if (c->runtime != NULL)
+        (void)box_runtime_remove(c->runtime, box_id);
+}
+
+void control_restore_runtimes(struct control *c)
+{
+    struct store_workspace_list wss = {0};
+    char err[512];
+    int started = 0, failed = 0;
+    if (c->runtime == NULL)
+        return;
+    if (store_workspace_list(c->store, &wss) != STORE_OK) {
+        log_error("control: cannot read the store: no sandbox restarted");
+        return;
+    }
+    for (size_t w = 0; w < wss.n; w++) {
+        struct store_box_list list = {0};
+        if (store_box_list(c->store, wss.items[w].id, &list) != STORE_OK)
+            continue;
+        for (size_t i = 0; i < list.n; i++) {
+            const struct store_box *b = &list.items[i];
+            if (b->status != NULL && strcmp(b->status, CONTROL_STATUS_READY) != 0)
+                continue;
+            struct box_runtime_limits lim = box_limits(b);
+            if (box_runtime_start(c->runtime, wss.items[w].id, b->id, &lim, err, sizeof(err)) ==
+                0) {
+                started++;
+            } else {
+                failed++;
+                log_error("control: sandbox %s: %s; it starts at its next command", b->name, err);
+            }
+        }
+        store_box_list_free(&list);
+    }
+    store_workspace_list_free(&wss);
+    if (started + failed > 0)
+        log_info("control: %d sandbox runtimes restarted, %d failed", started, failed);
+    (void)control_publish(c);
+}
+
+void control_box_env(struct control *c, const char *box_id, struct box_runtime_env *env)
+{
+    const struct registry *r = c->published;
+    for (size_t i = 0; r != NULL && i < r->n; i++) {
+        if (strcmp(r->boxes[i].box_id, box_id) == 0) {
+            box_runtime_env_add_policy(env, r->boxes[i].policy);
+            return;
+        }
+    }
 }

@@ -14,8 +14,16 @@
 
 #include <jansson.h>
 
+#include "box_runtime.h"
 #include "store.h"
 #include "util.h"
+
+/* A box's status as stored and returned (SDK values): "ready" — usable, its runtime running
+ * or (proxy-only daemon, or right after a daemon restart that could not bring it back) started
+ * by the next command; "stopped" — its runtime was stopped (idle_ttl_seconds, or POST .../stop)
+ * and its files kept; the next command or POST .../start brings it back. */
+#define CONTROL_STATUS_READY   "ready"
+#define CONTROL_STATUS_STOPPED "stopped"
 
 struct control;
 
@@ -50,5 +58,40 @@ int control_publish(struct control *c);
  */
 int control_sync(struct control *c);
 void control_set_publisher(struct control *c, control_publish_fn fn, void *ctx);
+
+/* ---- box runtimes (box_runtime.h): NULL on a daemon that runs no sandboxes --------------------
+ */
+
+/* Gives control the daemon's runtime manager (borrowed; may be NULL, then unavailable says why,
+ * copied): from now on every
+ * published registry carries each running box's sandbox address (the transparent listener and
+ * the sandbox resolver find the box's policy by it), and the lifecycle calls below act on it. */
+void control_set_runtime(struct control *c, struct box_runtime *rt, const char *unavailable);
+struct box_runtime *control_runtime(struct control *c);
+/* Why there are no runtimes (the reason given to control_set_runtime, or a default). */
+const char *control_runtime_unavailable(const struct control *c);
+
+/* Starts the runtime of box b (of workspace ws_id) with its stored resources unless it runs,
+ * records status "ready", and publishes, so its address is known to the data plane before any
+ * command runs. 0 (without runtimes: only publishes), or -1 with a message in err: the runtime
+ * could not start, or the registry could not be published (the runtime is stopped again then:
+ * a sandbox the data plane does not know must not run). */
+int control_box_start(struct control *c, const char *ws_id, const struct store_box *b, char *err,
+                      size_t errlen);
+/* Stops box b's runtime (its running commands end with why), records status "stopped" and
+ * publishes. 0, or -1 if the store could not be written (logged). */
+int control_box_stop(struct control *c, const char *ws_id, const struct store_box *b,
+                     enum box_exec_end why);
+/* box_runtime_hooks.idle_stopped (ctx: the control): records "stopped" and publishes. */
+void control_box_idle_stopped(void *ctx, const char *ws_id, const char *box_id);
+/* Before a box is deleted: stops its runtime and deletes its files. */
+void control_box_remove(struct control *c, const char *box_id);
+/* At daemon start, after reconcile: starts the runtime of every box whose status is "ready"
+ * (those stopped stay stopped), then publishes. Failures are logged; such a box starts at its
+ * next command. */
+void control_restore_runtimes(struct control *c);
+/* Appends to env the env_vars placeholders of the enabled rules of box_id's policy as last
+ * published (nothing if the box has no applicable policy). */
+void control_box_env(struct control *c, const char *box_id, struct box_runtime_env *env);
 
 #endif

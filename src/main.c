@@ -33,8 +33,10 @@ static void usage(FILE *out)
             "commands:\n"
             "  serve [--config FILE] [--state-dir DIR] [--listen-proxy ADDR:PORT]\n"
             "        [--listen-control ADDR:PORT] [--workers N] [--audit-log FILE|-]\n"
-            "        [--upstream-dns ADDR:PORT] [--verbose]\n"
-            "                        run the proxy\n"
+            "        [--upstream-dns ADDR:PORT] [--listen-transparent ADDR:PORT]\n"
+            "        [--listen-dns ADDR:PORT] [--no-sandboxes] [--verbose]\n"
+            "                        run the proxy and the control API; as root also the\n"
+            "                        API-created sandboxes (--no-sandboxes: proxy-only boxes)\n"
             "  sandbox run [--config FILE] [--state-dir DIR] [--name NAME] [--vcpus N]\n"
             "        [--mem-bytes N] [--timeout S] [--upstream-dns ADDR:PORT] -- CMD [ARG...]\n"
             "                        run one command in a fresh sandbox (needs root)\n"
@@ -73,6 +75,7 @@ static int cmd_serve(int argc, char **argv)
         {"audit-log", required_argument, NULL, 'a'},
         {"upstream-dns", required_argument, NULL, 'u'},
         {"verbose", no_argument, NULL, 'v'},
+        {"no-sandboxes", no_argument, NULL, 'N'},
         {NULL, 0, NULL, 0},
     };
     int ch;
@@ -80,6 +83,9 @@ static int cmd_serve(int argc, char **argv)
         switch (ch) {
         case 'c':
             opt.config_path = optarg;
+            break;
+        case 'N':
+            opt.no_sandboxes = true;
             break;
         case 's':
             opt.state_dir = optarg;

@@ -19,6 +19,7 @@
 
 #include "api.h"
 #include "audit.h"
+#include "box_runtime.h"
 #include "config.h"
 #include "control.h"
 #include "log.h"
@@ -62,6 +63,9 @@ struct server {
     uint16_t transparent_port;
     uint16_t dns_port;
     struct netns_pool *netns_pool; /* with a transparent listener: whose peers are sandboxes */
+    const char *listen_transparent; /* opt's, or the default for a root daemon with sandboxes */
+    const char *listen_dns;
+    struct box_runtime *runtime; /* API-created boxes' runtimes; NULL: boxes are proxy-only */
     char *audit_default;
     char *callback_issuer; /* shared.callback_issuer's storage */
 };
@@ -273,6 +277,38 @@ static uint16_t bound_port(int fd)
                                          : ((struct sockaddr_in6 *)&ss)->sin6_port);
 }
 
+/* The boxes' runtimes (box_runtime.h), once the transparent listener and the resolver have
+ * their ports: reconcile what a crashed run left, then bring back the boxes that were running.
+ * Without them boxes stay proxy-only, and the API says why. */
+static void start_runtimes(struct server *s)
+{
+    char err[512];
+    if (s->opt->no_sandboxes)
+        snprintf(err, sizeof(err), "started with --no-sandboxes");
+    else if (s->transparent_fd == -1 || s->dns_port == 0)
+        snprintf(err, sizeof(err), "%s",
+                 geteuid() != 0 ? "sandboxes need root"
+                                : "sandboxes need both --listen-transparent and --listen-dns");
+    else {
+        struct box_runtime_config rc = {
+            .base = s->base,
+            .state_dir = s->opt->state_dir,
+            .config_path = s->opt->config_path,
+            .transparent_port = s->transparent_port,
+            .dns_port = s->dns_port,
+            .hooks = {.idle_stopped = control_box_idle_stopped, .ctx = s->control},
+        };
+        s->runtime = box_runtime_new(&rc, err, sizeof(err));
+    }
+    if (s->runtime == NULL) {
+        log_warn("sandboxes unavailable (%s): boxes are proxy-only", err);
+        control_set_runtime(s->control, NULL, err);
+        return;
+    }
+    control_set_runtime(s->control, s->runtime, NULL);
+    control_restore_runtimes(s->control);
+}
+
 void server_free(struct server *s)
 {
     if (s == NULL)
@@ -288,6 +324,12 @@ void server_free(struct server *s)
         event_free(s->stop_event);
     if (s->sync_timer)
         event_free(s->sync_timer);
+    /* Runtimes before the API: their running commands are answered on its requests. */
+    if (s->control != NULL)
+        control_set_runtime(s->control, NULL, "authproxy is stopping");
+    box_runtime_free(s->runtime);
+    if (s->runtime != NULL && s->base != NULL)
+        (void)event_base_loop(s->base, EVLOOP_NONBLOCK); /* send those answers while we can */
     api_free(s->api);
     if (s->base)
         event_base_free(s->base);
@@ -367,7 +409,15 @@ struct server *server_start(const struct serve_options *opt)
         log_error("%s", err);
         goto fail;
     }
-    if (opt->listen_transparent != NULL) {
+    /* A root daemon with a control API runs the boxes' sandboxes unless told not to: their
+     * captured traffic needs the transparent listener and the resolver (any free port; only
+     * peers in the sandbox pool are served). */
+    s->listen_transparent = opt->listen_transparent;
+    s->listen_dns = opt->listen_dns;
+    if (opt->listen_control != NULL && !opt->no_sandboxes && geteuid() == 0 &&
+        s->listen_transparent == NULL && s->listen_dns == NULL)
+        s->listen_transparent = s->listen_dns = "0.0.0.0:0";
+    if (s->listen_transparent != NULL) {
         msg = NULL;
         s->netns_pool = netns_pool_new(NULL, &msg);
         if (s->netns_pool == NULL) {
@@ -375,7 +425,7 @@ struct server *server_start(const struct serve_options *opt)
             free(msg);
             goto fail;
         }
-        s->transparent_fd = listen_on(opt->listen_transparent, err, sizeof(err));
+        s->transparent_fd = listen_on(s->listen_transparent, err, sizeof(err));
         if (s->transparent_fd == -1) {
             log_error("%s", err);
             goto fail;
@@ -406,7 +456,7 @@ struct server *server_start(const struct serve_options *opt)
 
     /* Our own listeners are never a destination (see upstream.c is_self). */
     const char *selves[3] = {s->api ? api_listen_address(s->api) : NULL, opt->listen_proxy,
-                             opt->listen_transparent};
+                             s->listen_transparent};
     for (int i = 0; i < 3; i++) {
         int len = sizeof(s->shared.self[0]);
         if (selves[i] != NULL &&
@@ -424,9 +474,9 @@ struct server *server_start(const struct serve_options *opt)
     for (int i = 0; i < n; i++) {
         s->workers[i] =
             worker_new(i, &s->shared, s->proxy_fd, s->transparent_fd, s->current, err, sizeof(err));
-        if (i == 0 && s->workers[0] != NULL && opt->listen_dns != NULL) {
+        if (i == 0 && s->workers[0] != NULL && s->listen_dns != NULL) {
             struct dns_server_config dc = {
-                .listen = opt->listen_dns,
+                .listen = s->listen_dns,
                 .upstream = s->workers[0]->dns,
                 .policy = dns_policy,
                 .policy_ctx = s->workers[0],
@@ -451,6 +501,9 @@ struct server *server_start(const struct serve_options *opt)
         }
         s->n_workers = i + 1;
     }
+
+    if (s->control != NULL)
+        start_runtimes(s);
 
     int sigs[3] = {SIGHUP, SIGTERM, SIGINT};
     for (int i = 0; i < 3; i++) {

@@ -7,6 +7,7 @@
 #ifndef AUTHPROXY_SERVE_H
 #define AUTHPROXY_SERVE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 struct serve_options {
@@ -19,6 +20,8 @@ struct serve_options {
     const char *audit_path;         /* "-" = stdout, NULL = <state_dir>/audit.log */
     const char *upstream_dns;       /* NULL: /etc/resolv.conf */
     int workers;                    /* 0: one per CPU */
+    bool no_sandboxes; /* keep boxes proxy-only; otherwise a root daemon with a control API runs
+                          them (box_runtime.h), defaulting both listeners above to 0.0.0.0:0 */
 };
 
 /* Runs until SIGTERM/SIGINT. Returns the process exit status. */

@@ -700,6 +700,97 @@ static void test_join(void **state)
     errlist_free(&errs);
 }
 
+/* The body the hosted SDK's sandbox.run() sends over HTTP (langsmith lib/sandbox/sandbox.mjs
+ * _runHttp: command, timeout, shell, env?, cwd?), and the newer run_config spelling. */
+static void test_exec_request_takes_the_sdk_body_and_names_bad_fields(void **state)
+{
+    (void)state;
+    struct api_exec_req r;
+    struct errlist errs = {0};
+    json_t *b = J("{\"command\": \"echo hi\", \"timeout\": 60, \"shell\": \"/bin/bash\","
+                  " \"env\": {\"X\": \"1\"}, \"cwd\": \"/workspace/src\"}");
+    assert_true(api_json_exec_request(b, &r, &errs));
+    assert_string_equal(r.command, "echo hi");
+    assert_string_equal(r.shell, "/bin/bash");
+    assert_string_equal(r.cwd, "/workspace/src");
+    assert_true(r.timeout_s == 60.0);
+    assert_string_equal(json_string_value(json_object_get(r.env, "X")), "1");
+    json_decref(b);
+
+    b = J("{\"command\": \"true\"}"); /* defaults */
+    assert_true(api_json_exec_request(b, &r, &errs));
+    assert_string_equal(r.shell, API_EXEC_SHELL_DEFAULT);
+    assert_null(r.cwd);
+    assert_null(r.env);
+    assert_true(r.timeout_s == API_EXEC_TIMEOUT_DEFAULT);
+    json_decref(b);
+
+    b = J("{\"command\": \"true\", \"run_config\": {\"env_vars\": {\"Y\": \"2\"},"
+          " \"work_dir\": \"/tmp\"}}");
+    assert_true(api_json_exec_request(b, &r, &errs));
+    assert_string_equal(r.cwd, "/tmp");
+    assert_string_equal(json_string_value(json_object_get(r.env, "Y")), "2");
+    json_decref(b);
+    assert_int_equal(errs.n, 0);
+
+    static const struct {
+        const char *body, *needle;
+    } bad[] = {
+        {"{}", "command: required"},
+        {"{\"command\": \"\"}", "command:"},
+        {"{\"command\": 5}", "command:"},
+        {"{\"command\": \"true\", \"timeout\": 0}", "timeout:"},
+        {"{\"command\": \"true\", \"timeout\": 86401}", "timeout:"},
+        {"{\"command\": \"true\", \"timeout\": \"60\"}", "timeout:"},
+        {"{\"command\": \"true\", \"shell\": \"bash\"}", "shell:"},
+        {"{\"command\": \"true\", \"cwd\": \"src\"}", "cwd:"},
+        {"{\"command\": \"true\", \"env\": {\"A B\": \"x\"}}", "env"},
+        {"{\"command\": \"true\", \"env\": {\"A\": 1}}", "env.A"},
+        {"{\"command\": \"true\", \"env\": {}, \"run_config\": {}}", "run_config:"},
+        {"{\"command\": \"true\", \"run_config\": {\"user\": \"root\"}}", "run_config.user"},
+        {"{\"command\": \"true\", \"run_config\": {\"work_dir\": \"x\"}}", "run_config.work_dir"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        struct errlist e = {0};
+        b = J(bad[i].body);
+        if (api_json_exec_request(b, &r, &e))
+            fail_msg("accepted %s", bad[i].body);
+        assert_err(&e, bad[i].needle);
+        errlist_free(&e);
+        json_decref(b);
+    }
+}
+
+/* Command output is bytes; a JSON string must be UTF-8. Valid text passes byte for byte (NULs
+ * and 4-byte characters included), anything else becomes U+FFFD, one per bad byte. Cases after
+ * the Unicode standard's table 3-7 (well-formed byte sequences). */
+static void test_text_keeps_utf8_and_replaces_the_rest(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *in;
+        size_t len;
+        const char *want;
+        size_t want_len;
+    } cases[] = {
+        {"plain\n", 6, "plain\n", 6},
+        {"a\0b", 3, "a\0b", 3},
+        {"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80", 9, "\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80", 9},
+        {"\xff", 1, "\xef\xbf\xbd", 3},
+        {"\xc0\xaf", 2, "\xef\xbf\xbd\xef\xbf\xbd", 6},                 /* overlong '/' */
+        {"\xed\xa0\x80", 3, "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd", 9}, /* surrogate */
+        {"\xf4\x90\x80\x80", 4,                                         /* above U+10FFFF */
+         "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd", 12},
+        {"ok\xe2\x82", 4, "ok\xef\xbf\xbd\xef\xbf\xbd", 8}, /* cut short at the end */
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        json_t *s = api_json_text(cases[i].in, cases[i].len);
+        assert_int_equal(json_string_length(s), cases[i].want_len);
+        assert_memory_equal(json_string_value(s), cases[i].want, cases[i].want_len);
+        json_decref(s);
+    }
+}
+
 int main(void)
 {
     util_install_zeroing_json_allocator();
@@ -726,6 +817,8 @@ int main(void)
         cmocka_unit_test(test_secret_json_never_has_a_value_and_shows_hosts),
         cmocka_unit_test(test_box_json_is_what_the_sdk_reads),
         cmocka_unit_test(test_join),
+        cmocka_unit_test(test_exec_request_takes_the_sdk_body_and_names_bad_fields),
+        cmocka_unit_test(test_text_keeps_utf8_and_replaces_the_rest),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -49,9 +49,10 @@ class ControlDaemon(Daemon):
     request without a box credential gets 407). Ports are chosen at the first start and kept
     across restarts."""
 
-    def __init__(self, binary, workdir, dns_addr, config=None, workers=2, env=None):
+    def __init__(self, binary, workdir, dns_addr, config=None, workers=2, env=None,
+                 extra_args=()):
         super().__init__(binary, workdir, config if config is not None else {}, dns_addr,
-                         workers=workers)
+                         workers=workers, extra_args=extra_args)
         self.with_config = config is not None
         if not self.with_config:
             os.unlink(self.config_path)
@@ -66,7 +67,7 @@ class ControlDaemon(Daemon):
                     "--listen-proxy", "127.0.0.1:%d" % self.port,
                     "--listen-control", "127.0.0.1:%d" % self.control_port,
                     "--audit-log", self.audit_path, "--workers", str(self.workers),
-                    "--upstream-dns", self.dns_addr]
+                    "--upstream-dns", self.dns_addr] + self.extra_args
 
     def env(self):
         e = sanitizer_env()
@@ -227,6 +228,19 @@ class API:
 
     def delete_box(self, name):
         return self.request("DELETE", self.boxes(name))
+
+    def start_box(self, name):
+        return self.request("POST", self.boxes(name) + "/start")
+
+    def stop_box(self, name):
+        return self.request("POST", self.boxes(name) + "/stop")
+
+    def execute(self, dataplane_url, body, timeout=90):
+        """POST {dataplane_url}/execute (SPEC §6): the box's own URL from its JSON, as the SDKs
+        use it."""
+        h = {"x-api-key": self.key, "Content-Type": "application/json"}
+        return self.s.post(dataplane_url + "/execute", data=json.dumps(body), headers=h,
+                           timeout=timeout)
 
     # templates
     def templates(self, name=None):

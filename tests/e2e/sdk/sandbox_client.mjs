@@ -149,6 +149,26 @@ const ops = {
     return expectError(() => client().createSandbox({ name, proxyConfig }), "LangSmithSandboxError", includes);
   },
 
+  // {name, create?, proxyConfig?, command, timeout?, env?, expect?}: the SDK's sandbox.run()
+  // (its HTTP fallback: POST {dataplane_url}/execute; the optional `ws` package is not
+  // installed here), on a new box (create) or an existing one. expect: fields of the result.
+  async run({ name, create, proxyConfig, command, timeout, env, expect }) {
+    const c = client();
+    const sb = create ? await c.createSandbox({ name, proxyConfig }) : await c.getSandbox(name);
+    assert.ok(sb.dataplane_url, "the sandbox has no dataplane_url");
+    const res = await sb.run(command, { timeout, env });
+    const call = lastCall("POST", "/execute");
+    for (const [k, v] of Object.entries(expect || {})) assert.deepEqual(res[k], v, `result.${k}`);
+    return { ...res, dataplane_url: sb.dataplane_url, request: JSON.parse(call.request),
+             status: call.status };
+  },
+
+  // {name, command, className, includes}: sandbox.run() fails with the SDK's error class.
+  async run_error({ name, command, className, includes }) {
+    const sb = await client().getSandbox(name);
+    return expectError(() => sb.run(command, { timeout: 10 }), className, includes);
+  },
+
   // {}: a wrong API key is the SDK's authentication error.
   async wrong_key() {
     return expectError(() => client({ apiKey: "apk_wrong-key-for-e2e" }).listSandboxes(),
