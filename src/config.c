@@ -28,6 +28,9 @@ void config_limits_default(struct config_limits *l)
     l->idle_timeout_ms = 300000;
     l->connect_timeout_ms = 10000;
     l->callback_timeout_ms = 10000;
+    l->max_connections_per_sandbox = 1024;
+    l->requests_per_second_per_sandbox = 0;
+    l->request_burst_per_sandbox = 0;
 }
 
 /* Parses "secrets": name -> "value" | {"value": "...", "configs": [{"host": "..."}]}. A secret
@@ -146,7 +149,10 @@ static void config_limit(const json_t *limits, const char *key, long long min, l
 static void config_limits_parse(const json_t *obj, struct config_limits *l, struct errlist *errs)
 {
     static const char *const keys[] = {"max_header_bytes", "header_timeout_ms", "idle_timeout_ms",
-                                       "connect_timeout_ms", "callback_timeout_ms", NULL};
+                                       "connect_timeout_ms", "callback_timeout_ms",
+                                       "max_connections_per_sandbox",
+                                       "requests_per_second_per_sandbox",
+                                       "request_burst_per_sandbox", NULL};
     long long v;
     if (!json_is_object(obj)) {
         errlist_add(errs, "limits: expected an object, found %s", policy_json_kind(obj));
@@ -169,6 +175,15 @@ static void config_limits_parse(const json_t *obj, struct config_limits *l, stru
     v = l->callback_timeout_ms;
     config_limit(obj, "callback_timeout_ms", 1, CONFIG_MAX_TIMEOUT_MS, &v, errs);
     l->callback_timeout_ms = (unsigned)v;
+    v = l->max_connections_per_sandbox;
+    config_limit(obj, "max_connections_per_sandbox", 0, 1000000, &v, errs);
+    l->max_connections_per_sandbox = (unsigned)v;
+    v = l->requests_per_second_per_sandbox;
+    config_limit(obj, "requests_per_second_per_sandbox", 0, 1000000, &v, errs);
+    l->requests_per_second_per_sandbox = (unsigned)v;
+    v = l->request_burst_per_sandbox;
+    config_limit(obj, "request_burst_per_sandbox", 0, 1000000, &v, errs);
+    l->request_burst_per_sandbox = (unsigned)v;
 }
 
 /* Cuts jansson's " near '<token>'" suffix off a parse error: the token may be part of a

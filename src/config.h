@@ -31,6 +31,11 @@ struct config_limits {
     unsigned idle_timeout_ms;    /* idle keep-alive / tunnel connections close. Default 300000 */
     unsigned connect_timeout_ms; /* upstream TCP+TLS connect. Default 10000 */
     unsigned callback_timeout_ms; /* a whole credential callback or token exchange. Default 10000 */
+    /* Per sandbox (sandbox_limits.h): open connections (default 1024; 0: no limit) and requests
+     * per second with a burst (defaults 0: no rate limit; burst 0 = the rate). Over: 429. */
+    unsigned max_connections_per_sandbox;
+    unsigned requests_per_second_per_sandbox;
+    unsigned request_burst_per_sandbox;
 };
 
 struct config {

@@ -43,6 +43,8 @@
 #include "log.h"
 #include "policy.h"
 #include "registry.h"
+#include "sandbox_limits.h"
+#include "scrub.h"
 #include "sigv4.h"
 #include "store.h"
 #include "tls_mitm.h"
@@ -79,6 +81,7 @@ struct request {
     uint16_t port;
     char *path; /* without query; owned */
     bool upstream_tls;
+    bool allow_internal; /* the policy names the host: internal addresses may be dialled */
     const char *decision;
     const char *decided_by;
     const char *error;
@@ -86,6 +89,12 @@ struct request {
                               array owned */
     struct cred_headers *cred; /* reference: dynamic credentials injected, or NULL */
     struct sigv4_signed *aws;  /* an "aws" rule's signature fields (the overrides point here) */
+    const struct scrub *scrub; /* the injected credentials, redacted from the response; or NULL */
+    struct scrub *scrub_owned; /* scrub, when built for this request (dynamic credentials) */
+    bool scrub_body;           /* ... also from its (identity-encoded) body */
+    size_t resp_held;          /* response bytes at the head of the upstream input that were
+                                  validated/scrubbed but held back (they may begin a credential) */
+    bool resp_eof;             /* the upstream closed: a close-delimited body is complete */
     size_t n_injected;
     int status;
     int upstream_status;
@@ -150,6 +159,7 @@ struct conn {
     struct cred_headers *cred;
     uint64_t body_deadline_us; /* waiting for body bytes a credential needs, until then */
     bool continue_sent;        /* we answered the client's Expect: 100-continue ourselves */
+    char *limit_key; /* the sandbox this connection is counted for (sandbox_limits), or NULL */
 };
 
 static void conn_close(struct conn *c);
@@ -161,6 +171,7 @@ static void upstream_write_cb(struct bufferevent *bev, void *arg);
 static void upstream_event_cb(struct bufferevent *bev, short events, void *arg);
 static void process_client_input(struct conn *c);
 static void handle_request_head(struct conn *c);
+static bool admit_connection(struct conn *c, const struct registry_box *box);
 
 /* ---------------------------------------------------------------- audit and teardown */
 
@@ -205,6 +216,7 @@ static void request_end(struct conn *c)
     free(r->injected);
     free(r->path);
     cred_headers_unref(r->cred);
+    scrub_free(r->scrub_owned);
     if (r->aws) {
         sigv4_signed_free(r->aws);
         free(r->aws);
@@ -226,6 +238,7 @@ static void request_discard(struct conn *c)
     free(r->injected);
     free(r->path);
     cred_headers_unref(r->cred);
+    scrub_free(r->scrub_owned);
     if (r->aws) {
         sigv4_signed_free(r->aws);
         free(r->aws);
@@ -277,6 +290,10 @@ static void conn_close(struct conn *c)
     c->up = NULL;
     credcache_cancel(c->cred_waiter);
     cred_headers_unref(c->cred);
+    if (c->limit_key != NULL) {
+        sandbox_limits_conn_release(c->w->shared->limits, c->limit_key);
+        free(c->limit_key);
+    }
     if (c->timer)
         event_free(c->timer);
     if (c->peek_ev)
@@ -324,7 +341,9 @@ static void respond_and_close(struct conn *c, int status, const char *body)
                         "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
                         "Content-Length: %zu\r\n%sConnection: close\r\n\r\n%s\n",
                         status, http1_reason_phrase(status), body_len + 1,
-                        status == 407 ? "Proxy-Authenticate: Basic realm=\"authproxy\"\r\n" : "",
+                        status == 407   ? "Proxy-Authenticate: Basic realm=\"authproxy\"\r\n"
+                        : status == 429 ? "Retry-After: 1\r\n"
+                                        : "",
                         body);
     if (c->req) {
         c->req->status = status;
@@ -532,17 +551,21 @@ static void on_upstream_connected(struct upstream *u, enum upstream_error err, c
 {
     struct conn *c = arg;
     c->connecting = NULL;
-    if (err == UPSTREAM_ERR_FORBIDDEN) {
-        const char *body = "denied: the destination is authproxy itself";
+    if (err == UPSTREAM_ERR_FORBIDDEN || err == UPSTREAM_ERR_INTERNAL) {
+        bool self = err == UPSTREAM_ERR_FORBIDDEN;
+        const char *body = self ? "denied: the destination is authproxy itself"
+                                : "denied: the destination address is internal (loopback, "
+                                  "link-local or private) and the policy does not name this host";
+        const char *by = self ? "self" : "internal_address";
         if (c->state == CONN_TUNNEL_CONNECTING) {
-            tunnel_audit(c, "denied", "self", body, 403);
+            tunnel_audit(c, "denied", by, body, 403);
             c->tunnel_start_us = 0;
             if (c->transparent)
                 conn_close(c);
             else
                 respond_and_close(c, 403, body);
         } else {
-            refuse(c, 403, "denied", "self", body);
+            refuse(c, 403, "denied", by, body);
         }
         return;
     }
@@ -594,6 +617,64 @@ static void on_upstream_connected(struct upstream *u, enum upstream_error err, c
 }
 
 /* Parses and relays the response head(s); then the body. */
+/* Appends the response head to the client's output with the request's injected credentials
+ * redacted (an origin that echoes request headers back, scrub.h). */
+static void write_response_head(struct request *r, struct evbuffer *out,
+                                const struct http1_response *resp, bool client_keep_alive)
+{
+    if (r->scrub == NULL) {
+        http1_write_response_head(out, resp, client_keep_alive);
+        return;
+    }
+    struct evbuffer *tmp = evbuffer_new();
+    http1_write_response_head(tmp, resp, client_keep_alive);
+    size_t len = evbuffer_get_length(tmp);
+    scrub_apply(r->scrub, (char *)evbuffer_pullup(tmp, -1), len, true, NULL);
+    evbuffer_add_buffer(out, tmp);
+    evbuffer_free(tmp);
+}
+
+/* Relays response-body bytes with the request's credentials redacted: the first n bytes of the
+ * upstream input are body (final: they end it). A tail that may begin a credential stays in the
+ * input for the next call. Returns the number of bytes moved to the client. */
+static size_t relay_scrubbed(struct conn *c, size_t n, bool final)
+{
+    struct evbuffer *in = bufferevent_get_input(c->up->bev);
+    if (n == 0)
+        return 0;
+    char *p = (char *)evbuffer_pullup(in, (ev_ssize_t)n);
+    size_t hold = scrub_apply(c->req->scrub, p, n, final, NULL);
+    return relay(c->up->bev, c->client, n - hold);
+}
+
+/* relay_chunked with redaction: validates the chunked framing beyond the bytes already held
+ * (r->resp_held), then relays the validated bytes but a tail that may begin a credential. */
+static int relay_chunked_scrubbed(struct conn *c, size_t *moved)
+{
+    struct request *r = c->req;
+    struct evbuffer *in = bufferevent_get_input(c->up->bev);
+    size_t len = evbuffer_get_length(in);
+    int rc = HTTP1_INCOMPLETE;
+    while (r->resp_held < len) {
+        struct evbuffer_ptr pos;
+        struct evbuffer_iovec vec;
+        evbuffer_ptr_set(in, &pos, r->resp_held, EVBUFFER_PTR_SET);
+        if (evbuffer_peek(in, -1, &pos, &vec, 1) < 1)
+            break;
+        size_t used = 0;
+        rc = http1_chunked_feed(&r->resp_chunked, vec.iov_base, vec.iov_len, &used);
+        if (rc == HTTP1_ERR_BAD)
+            return rc;
+        r->resp_held += used;
+        if (rc == HTTP1_OK)
+            break;
+    }
+    size_t n = r->resp_held;
+    *moved = relay_scrubbed(c, n, rc == HTTP1_OK);
+    r->resp_held = n - *moved;
+    return rc;
+}
+
 static void process_upstream_input(struct conn *c)
 {
     struct request *r = c->req;
@@ -622,7 +703,7 @@ static void process_upstream_input(struct conn *c)
         size_t before = evbuffer_get_length(out);
         if (resp->status >= 100 && resp->status < 200 && resp->status != 101) {
             /* Interim (100 Continue, 103 Early Hints): relay and wait for the final one. */
-            http1_write_response_head(out, resp, true);
+            write_response_head(r, out, resp, true);
             r->bytes_out += evbuffer_get_length(out) - before;
             evbuffer_drain(in, head_len);
             free(resp);
@@ -635,7 +716,7 @@ static void process_upstream_input(struct conn *c)
                 refuse(c, 502, "error", r->decided_by, "invalid response from upstream");
                 return;
             }
-            http1_write_response_head(out, resp, true);
+            write_response_head(r, out, resp, true);
             r->bytes_out += evbuffer_get_length(out) - before;
             evbuffer_drain(in, head_len);
             free(resp);
@@ -658,7 +739,13 @@ static void process_upstream_input(struct conn *c)
         r->resp_keep_alive = resp->keep_alive;
         bool client_ka = r->client_keep_alive && resp->body_kind != HTTP1_BODY_UNTIL_CLOSE;
         r->client_keep_alive = client_ka;
-        http1_write_response_head(out, resp, client_ka);
+        write_response_head(r, out, resp, client_ka);
+        if (r->scrub != NULL) {
+            /* Compressed bodies are not inspected (scrub.h); identity ones are. */
+            const struct http1_header *ce =
+                http1_find_header(resp->headers, resp->n_headers, "Content-Encoding");
+            r->scrub_body = ce == NULL || ascii_case_eq(ce->value, ce->value_len, "identity", 8);
+        }
         r->bytes_out += evbuffer_get_length(out) - before;
         evbuffer_drain(in, head_len);
         free(resp);
@@ -677,7 +764,30 @@ static void process_upstream_input(struct conn *c)
     }
     if (r == NULL || !r->resp_head_done || r->resp_done)
         goto done;
-    if (r->resp_body == HTTP1_BODY_LENGTH) {
+    if (r->scrub_body) {
+        struct evbuffer *body_in = bufferevent_get_input(c->up->bev);
+        size_t avail = evbuffer_get_length(body_in);
+        size_t n = 0;
+        int rc = HTTP1_INCOMPLETE;
+        if (r->resp_body == HTTP1_BODY_LENGTH) {
+            size_t take = avail < r->resp_remaining ? avail : (size_t)r->resp_remaining;
+            n = relay_scrubbed(c, take, take == r->resp_remaining);
+            r->resp_remaining -= n;
+            rc = r->resp_remaining == 0 ? HTTP1_OK : HTTP1_INCOMPLETE;
+        } else if (r->resp_body == HTTP1_BODY_CHUNKED) {
+            rc = relay_chunked_scrubbed(c, &n);
+        } else if (r->resp_body == HTTP1_BODY_UNTIL_CLOSE) {
+            n = relay_scrubbed(c, avail, r->resp_eof);
+        }
+        r->bytes_out += n;
+        if (rc == HTTP1_ERR_BAD) {
+            r->error = "invalid chunked response from upstream";
+            conn_close(c);
+            return;
+        }
+        if (rc == HTTP1_OK)
+            r->resp_done = true;
+    } else if (r->resp_body == HTTP1_BODY_LENGTH) {
         size_t n = relay(c->up->bev, c->client, r->resp_remaining);
         r->resp_remaining -= n;
         r->bytes_out += n;
@@ -758,6 +868,7 @@ static void upstream_event_cb(struct bufferevent *bev, short events, void *arg)
     }
     if ((events & BEV_EVENT_EOF) && r->resp_head_done && r->resp_body == HTTP1_BODY_UNTIL_CLOSE) {
         /* The normal end of a close-delimited response. */
+        r->resp_eof = true;
         process_upstream_input(c);
         r->resp_done = true;
         r->resp_keep_alive = false;
@@ -955,6 +1066,13 @@ static void handle_connect(struct conn *c, const struct http1_request *req, size
         respond_and_close(c, refuse_status, why);
         return;
     }
+    if (!admit_connection(c, box)) {
+        const char *body = "too many connections from this sandbox";
+        tunnel_audit(c, "denied", "limits", body, 429);
+        c->tunnel_start_us = 0;
+        respond_and_close(c, 429, body);
+        return;
+    }
     if (upstream_is_self_literal(c->w->shared, c->tunnel_host, c->tunnel_port)) {
         const char *body = "denied: the destination is authproxy itself";
         tunnel_audit(c, "denied", "self", body, 403);
@@ -976,7 +1094,8 @@ static void handle_connect(struct conn *c, const struct http1_request *req, size
         c->state = CONN_TUNNEL_CONNECTING;
         bufferevent_disable(c->client, EV_READ);
         c->connecting = upstream_connect_start(c->w, c->w->current, c->tunnel_host, c->tunnel_port,
-                                               false, on_upstream_connected, c);
+                                               false, policy_names_host(pol, c->tunnel_host),
+                                               on_upstream_connected, c);
         return;
     }
     /* Intercept: confirm, then look at the first byte the client sends to tell TLS from
@@ -1074,6 +1193,40 @@ static void peek_first_byte_cb(evutil_socket_t fd, short what, void *arg)
 /* Parses one request head from the client, decides, and starts forwarding (or refuses, or
  * opens a tunnel). Does nothing but arm the head timeout while the head is incomplete. May
  * free c: callers must not touch c afterwards. */
+
+/* ---------------------------------------------------------------- per-sandbox limits */
+
+/* Counts this connection for its sandbox (the box, else the client's address) the first time
+ * the sandbox is known. Returns false when the sandbox already has its maximum of connections:
+ * the caller refuses with 429. */
+static bool admit_connection(struct conn *c, const struct registry_box *box)
+{
+    if (c->limit_key != NULL)
+        return true;
+    char key[128];
+    if (box != NULL) {
+        snprintf(key, sizeof(key), "box:%s", box->box_id);
+    } else {
+        const char *port = strrchr(c->peer, ':'); /* c->peer is "ip:port", IPv6 unbracketed */
+        int ip_len = port ? (int)(port - c->peer) : (int)strlen(c->peer);
+        snprintf(key, sizeof(key), "addr:%.*s", ip_len, c->peer);
+    }
+    if (!sandbox_limits_conn_acquire(c->w->shared->limits, key,
+                                     conn_limits(c)->max_connections_per_sandbox))
+        return false;
+    c->limit_key = xstrdup(key);
+    return true;
+}
+
+/* One request of this connection's sandbox against its rate limit; false: refuse with 429. */
+static bool admit_request(struct conn *c)
+{
+    const struct config_limits *l = conn_limits(c);
+    return c->limit_key == NULL ||
+           sandbox_limits_request(c->w->shared->limits, c->limit_key,
+                                  l->requests_per_second_per_sandbox, l->request_burst_per_sandbox,
+                                  monotonic_us());
+}
 
 /* ---------------------------------------------------------------- dynamic credentials */
 
@@ -1471,6 +1624,14 @@ static void handle_request_head(struct conn *c)
                why);
         goto out;
     }
+    if (!admit_connection(c, r->box)) {
+        refuse(c, 429, "denied", "limits", "too many connections from this sandbox");
+        goto out;
+    }
+    if (!admit_request(c)) {
+        refuse(c, 429, "denied", "limits", "request rate limit of this sandbox exceeded");
+        goto out;
+    }
     struct policy_host_decision hd;
     policy_decide_host(pol, r->host, &hd);
     if (hd.verdict == POLICY_HOST_DENY) {
@@ -1482,6 +1643,7 @@ static void handle_request_head(struct conn *c)
     }
     struct http1_header_override *ov = NULL;
     size_t n_ov = 0;
+    const struct policy_rule *secret_rule = NULL; /* a header rule whose values to scrub */
     char host_field[HOST_MAX + 16];
     if (req->host == NULL) {
         /* HTTP/1.0 without Host: the request goes upstream as HTTP/1.1, which requires one. */
@@ -1532,6 +1694,7 @@ static void handle_request_head(struct conn *c)
                 break;
             }
             n_ov = rd.rule->n_headers;
+            secret_rule = rd.rule;
             ov = xcalloc(n_ov, sizeof(*ov));
             r->injected = xcalloc(n_ov, sizeof(*r->injected));
             for (size_t i = 0; i < n_ov; i++) {
@@ -1546,6 +1709,18 @@ static void handle_request_head(struct conn *c)
         }
     }
 
+    /* What was injected must not come back in the response (an echoing origin). */
+    if (secret_rule != NULL) {
+        r->scrub = secret_rule->scrub; /* borrowed: the policy outlives the request */
+    } else if (r->cred != NULL || (r->aws != NULL && r->aws->security_token != NULL)) {
+        r->scrub = r->scrub_owned = scrub_new();
+        for (size_t i = 0; r->cred != NULL && i < r->cred->n; i++)
+            scrub_add_credential(r->scrub_owned, r->cred->h[i].value);
+        if (r->aws != NULL && r->aws->security_token != NULL)
+            scrub_add_credential(r->scrub_owned, r->aws->security_token);
+    }
+    if (scrub_empty(r->scrub))
+        r->scrub = NULL;
     if (req->host == NULL) {
         ov = xrealloc(ov, (n_ov + 1) * sizeof(*ov));
         ov[n_ov].name = "Host";
@@ -1565,7 +1740,8 @@ static void handle_request_head(struct conn *c)
         r->decision = "bypassed";
 
     c->state = CONN_UPSTREAM_CONNECTING;
-    c->up = upstream_pool_take(c->w, r->host, r->port, r->upstream_tls);
+    r->allow_internal = policy_names_host(pol, r->host);
+    c->up = upstream_pool_take(c->w, r->host, r->port, r->upstream_tls, r->allow_internal);
     if (c->up != NULL) {
         start_forwarding(c);
         goto out;
@@ -1574,6 +1750,7 @@ static void handle_request_head(struct conn *c)
      * (Not on the pooled path above: each enable/disable costs an epoll_ctl.) */
     bufferevent_disable(c->client, EV_READ);
     c->connecting = upstream_connect_start(c->w, r->snap, r->host, r->port, r->upstream_tls,
+                                           r->allow_internal,
                                            on_upstream_connected, c);
 out:
     free(req);
@@ -1680,8 +1857,9 @@ static void transparent_refuse(struct conn *c, const char *decision, const char 
     conn_close(c);
 }
 
-/* Opens an untouched byte tunnel to tunnel_host:tunnel_port (no_proxy). */
-static void transparent_bypass(struct conn *c)
+/* Opens an untouched byte tunnel to tunnel_host:tunnel_port (no_proxy). allow_internal: the
+ * policy names the host (upstream_connect_start). */
+static void transparent_bypass(struct conn *c, bool allow_internal)
 {
     c->client =
         bufferevent_socket_new(c->w->base, c->fd, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
@@ -1693,7 +1871,7 @@ static void transparent_bypass(struct conn *c)
     bufferevent_disable(c->client, EV_READ);
     c->state = CONN_TUNNEL_CONNECTING;
     c->connecting = upstream_connect_start(c->w, c->w->current, c->tunnel_host, c->tunnel_port,
-                                           false, on_upstream_connected, c);
+                                           false, allow_internal, on_upstream_connected, c);
 }
 
 /* Decides what to do with a captured connection once its first bytes are known. */
@@ -1719,6 +1897,10 @@ static void transparent_dispatch(struct conn *c, const uint8_t *buf, size_t len)
         transparent_refuse(c, "denied", "proxy_auth", why);
         return;
     }
+    if (!admit_connection(c, box)) {
+        transparent_refuse(c, "denied", "limits", "too many connections from this sandbox");
+        return;
+    }
     if (rc == CLIENTHELLO_INVALID) {
         transparent_refuse(c, "denied", "tls_parser", hello.error);
         return;
@@ -1736,7 +1918,7 @@ static void transparent_dispatch(struct conn *c, const uint8_t *buf, size_t len)
             return;
         }
         if (d.verdict == POLICY_HOST_BYPASS) {
-            transparent_bypass(c);
+            transparent_bypass(c, policy_names_host(pol, c->tunnel_host));
             return;
         }
         c->tunnel_start_us = 0;
@@ -1763,7 +1945,7 @@ static void transparent_dispatch(struct conn *c, const uint8_t *buf, size_t len)
                            "neither TLS nor HTTP, and the destination is not in no_proxy");
         return;
     }
-    transparent_bypass(c);
+    transparent_bypass(c, policy_names_host(pol, c->tunnel_host));
 }
 
 /* The first bytes of a captured connection are peeked (not consumed): the TLS or plain

@@ -308,7 +308,9 @@ struct httpc *httpc_start(struct worker *w, struct snapshot *snap, const struct 
     h->timer = evtimer_new(w->base, timeout_cb, h);
     struct timeval tv = {.tv_sec = rq->timeout_ms / 1000, .tv_usec = (rq->timeout_ms % 1000) * 1000};
     evtimer_add(h->timer, &tv);
-    h->connecting = upstream_connect_start(w, snap, h->host, h->port, h->tls, connected_cb, h);
+    /* Callback and token URLs come from the config, not from a sandbox: they may be internal. */
+    h->connecting =
+        upstream_connect_start(w, snap, h->host, h->port, h->tls, true, connected_cb, h);
     return h;
 fail:
     if (h->request) {

@@ -16,6 +16,7 @@
 #include "policy.h"
 
 #include "http1.h"
+#include "scrub.h"
 
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -593,11 +594,13 @@ static bool pc_header(struct pc *c, const json_t *h, const char *path, bool allo
     } else if (strcmp(type, "workspace_secret") == 0) {
         if (!pc_resolve(c, value, vp, hosts, n_hosts, true, &out->value))
             ok = false;
+        out->secret = true;
     } else if (!policy_value_safe(value)) {
         pc_err(c, vp, "control character (such as CR or LF) in header value");
         ok = false;
     } else {
         out->value = xstrdup(value);
+        out->secret = strcmp(type, "opaque") == 0;
     }
     free(np);
     free(tp);
@@ -688,6 +691,7 @@ static bool pc_inject_headers(struct pc *c, const json_t *obj, const char *path,
         } else if (strstr(value, "${") != NULL) {
             if (!pc_resolve(c, value, kp, hosts, n_hosts, true, &h->value))
                 ok = false;
+            h->secret = true;
         } else if (!policy_value_safe(value)) {
             pc_err(c, kp, "control character (such as CR or LF) in header value");
             ok = false;
@@ -881,6 +885,7 @@ static void policy_rule_free(struct policy_rule *r)
     pc_hosts_free(r->hosts, r->n_hosts);
     pc_strings_free(r->paths, r->n_paths);
     pc_headers_free(r->headers, r->n_headers);
+    scrub_free(r->scrub);
     for (size_t i = 0; i < r->n_env_vars; i++) {
         free(r->env_vars[i].name);
         free(r->env_vars[i].value);
@@ -1014,6 +1019,18 @@ static void pc_rule(struct pc *c, const json_t *r, const char *path, struct poli
         char *ep = xasprintf("%s.env_vars", path);
         pc_env_vars(c, v, ep, &out->env_vars, &out->n_env_vars);
         free(ep);
+    }
+    /* Built once here rather than per request: the data path borrows it. */
+    for (size_t i = 0; i < out->n_headers; i++) {
+        if (!out->headers[i].secret || out->headers[i].value == NULL)
+            continue;
+        if (out->scrub == NULL)
+            out->scrub = scrub_new();
+        scrub_add_credential(out->scrub, out->headers[i].value);
+    }
+    if (out->scrub != NULL && scrub_empty(out->scrub)) {
+        scrub_free(out->scrub);
+        out->scrub = NULL;
     }
 }
 
@@ -1260,6 +1277,28 @@ static bool policy_hosts_match(const struct host_pattern *h, size_t n, const cha
 {
     for (size_t i = 0; i < n; i++)
         if (host_pattern_match(&h[i], host, host_len))
+            return true;
+    return false;
+}
+
+/* True if one of n patterns is exactly host (not a wildcard that happens to match it). */
+static bool names_in(const struct host_pattern *pats, size_t n, const char *host)
+{
+    for (size_t i = 0; i < n; i++)
+        if (pats[i].kind == HOST_PATTERN_EXACT && host_pattern_match(&pats[i], host, strlen(host)))
+            return true;
+    return false;
+}
+
+bool policy_names_host(const struct policy *p, const char *host)
+{
+    if (names_in(p->allow_list, p->n_allow, host) || names_in(p->no_proxy, p->n_no_proxy, host))
+        return true;
+    for (size_t i = 0; i < p->n_rules; i++)
+        if (p->rules[i].enabled && names_in(p->rules[i].hosts, p->rules[i].n_hosts, host))
+            return true;
+    for (size_t i = 0; i < p->n_callbacks; i++)
+        if (names_in(p->callbacks[i].hosts, p->callbacks[i].n_hosts, host))
             return true;
     return false;
 }

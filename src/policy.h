@@ -23,6 +23,7 @@
 #include <jansson.h>
 
 #include "glob.h"
+#include "scrub.h"
 #include "util.h"
 
 enum policy_rule_type {
@@ -34,6 +35,7 @@ enum policy_rule_type {
 struct policy_header {
     char *name;  /* as configured, e.g. "Authorization" */
     char *value; /* fully resolved; secret material */
+    bool secret; /* from a workspace secret or opaque (not plaintext): scrubbed from responses */
 };
 
 /* A rule's env_vars placeholder (SPEC §2): plaintext, for the sandbox environment only. */
@@ -72,6 +74,7 @@ struct policy_rule {
     size_t n_env_vars;
     struct policy_aws aws; /* POLICY_RULE_AWS */
     struct policy_gcp gcp; /* POLICY_RULE_GCP */
+    struct scrub *scrub;   /* the secret header values, redacted from responses; NULL if none */
 };
 
 struct policy_callback {
@@ -151,6 +154,13 @@ uint64_t policy_version(const struct policy *p);
 
 /* host is normalised (glob.h host_normalize). Steps 1 and 2 of SPEC §3. */
 void policy_decide_host(const struct policy *p, const char *host, struct policy_host_decision *out);
+
+/* True if the policy names host explicitly: an exact pattern (a name or an IP literal, not a
+ * wildcard) in allow_list, no_proxy, an enabled rule's or a callback's match_hosts is host.
+ * Only such hosts may lead to internal addresses (loopback, link-local, private ranges;
+ * upstream.c): a sandbox cannot reach them through a name of its choosing that resolves there
+ * (DNS rebinding, even under an allowed "*.example.com") or through "allow everything". */
+bool policy_names_host(const struct policy *p, const char *host);
 
 /* Steps 3-5 for a request to an INSPECTed host. path excludes the query string. upstream_tls
  * says whether the request will leave over verified TLS. Disabled rules take no part at all:

@@ -27,6 +27,7 @@
 #include "credcache.h"
 #include "netns.h"
 #include "registry.h"
+#include "sandbox_limits.h"
 #include "metrics.h"
 #include "snapshot.h"
 #include "signkeys.h"
@@ -339,6 +340,7 @@ void server_free(struct server *s)
         close(s->transparent_fd);
     free(s->audit_default);
     credcache_free(s->shared.credcache); /* after the workers: no flight or waiter is left */
+    sandbox_limits_free(s->shared.limits);
     signkeys_free(s->shared.signkeys);
     free(s->callback_issuer);
     audit_close(s->shared.audit);
@@ -382,6 +384,7 @@ struct server *server_start(const struct serve_options *opt)
         goto fail;
     }
     s->shared.credcache = credcache_new(CREDCACHE_MAX_ENTRIES);
+    s->shared.limits = sandbox_limits_new();
     if (opt->listen_control != NULL) {
         s->control = control_open(opt->state_dir, err, sizeof(err));
         if (s->control == NULL) {
@@ -437,6 +440,13 @@ struct server *server_start(const struct serve_options *opt)
     s->base = event_base_new();
     if (s->base == NULL)
         goto fail;
+    /* Signals are caught from here on (handled once the main loop runs), before the workers
+     * serve anything: a SIGTERM during the rest of the start-up is a clean stop, not a kill. */
+    int sigs[3] = {SIGHUP, SIGTERM, SIGINT};
+    for (int i = 0; i < 3; i++) {
+        s->sig_events[i] = evsignal_new(s->base, sigs[i], signal_cb, s);
+        event_add(s->sig_events[i], NULL);
+    }
     if (s->control != NULL) {
         struct api_hooks hooks = {.render_metrics = render_metrics,
                                   .render_jwks = render_jwks,
@@ -505,11 +515,6 @@ struct server *server_start(const struct serve_options *opt)
     if (s->control != NULL)
         start_runtimes(s);
 
-    int sigs[3] = {SIGHUP, SIGTERM, SIGINT};
-    for (int i = 0; i < 3; i++) {
-        s->sig_events[i] = evsignal_new(s->base, sigs[i], signal_cb, s);
-        event_add(s->sig_events[i], NULL);
-    }
     s->stop_event = event_new(s->base, -1, EV_PERSIST, stop_cb, s);
     event_add(s->stop_event, NULL);
     if (s->control != NULL) {

@@ -39,6 +39,9 @@ struct upstream_connect {
     char *host;            /* as named by the sandbox: SNI, verification, pool key */
     uint16_t port;
     bool tls;
+    bool allow_internal; /* the caller's permission (part of the pool key) */
+    bool internal_ok;    /* ... or the host is remapped: internal addresses may be dialled */
+    bool skipped_internal; /* an internal address was not tried */
     char *dial_host; /* where TCP goes (dns_remap applied) */
     uint16_t dial_port;
     struct evdns_getaddrinfo_request *dns_req;
@@ -55,9 +58,10 @@ struct upstream_connect {
     void *arg;
 };
 
-static char *pool_key(const char *host, uint16_t port, bool tls)
+static char *pool_key(const char *host, uint16_t port, bool tls, bool allow_internal)
 {
-    return xasprintf("%s|%s|%u", tls ? "https" : "http", host, port);
+    return xasprintf("%s|%s|%u%s", tls ? "https" : "http", host, port,
+                     allow_internal ? "|internal" : "");
 }
 
 /* Frees everything of uc; does not call the callback. */
@@ -96,7 +100,7 @@ static void uc_finish(struct upstream_connect *uc, enum upstream_error err, cons
         u->w = uc->w;
         u->bev = uc->bev;
         u->tls = uc->tls;
-        u->key = pool_key(uc->host, uc->port, uc->tls);
+        u->key = pool_key(uc->host, uc->port, uc->tls, uc->allow_internal);
         uc->bev = NULL;
         uc->fd = -1;
         bufferevent_setcb(u->bev, NULL, NULL, NULL, NULL);
@@ -209,6 +213,52 @@ static bool is_any(const struct sockaddr *sa)
     return false;
 }
 
+static bool ipv4_is_internal(uint32_t a) /* host byte order */
+{
+    static const struct {
+        uint32_t net;
+        unsigned bits;
+    } ranges[] = {
+        {0x00000000, 8},  /* 0.0.0.0/8 "this network" */
+        {0x0a000000, 8},  /* 10/8 private */
+        {0x64400000, 10}, /* 100.64/10 shared address space (CGNAT) */
+        {0x7f000000, 8},  /* 127/8 loopback */
+        {0xa9fe0000, 16}, /* 169.254/16 link-local, cloud metadata */
+        {0xac100000, 12}, /* 172.16/12 private */
+        {0xc0000000, 24}, /* 192.0.0/24 IETF protocol assignments */
+        {0xc0a80000, 16}, /* 192.168/16 private */
+        {0xc6120000, 15}, /* 198.18/15 benchmarking (the sandbox resolver's placeholders) */
+        {0xe0000000, 4},  /* 224/4 multicast */
+        {0xf0000000, 4},  /* 240/4 reserved, broadcast */
+    };
+    for (size_t i = 0; i < sizeof(ranges) / sizeof(ranges[0]); i++)
+        if ((a >> (32 - ranges[i].bits)) == (ranges[i].net >> (32 - ranges[i].bits)))
+            return true;
+    return false;
+}
+
+bool upstream_addr_is_internal(const struct sockaddr *sa)
+{
+    if (sa->sa_family == AF_INET)
+        return ipv4_is_internal(ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr));
+    if (sa->sa_family != AF_INET6)
+        return true; /* nothing else is dialled */
+    const uint8_t *b = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
+    static const uint8_t v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    static const uint8_t nat64[12] = {0x00, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0};
+    static const uint8_t zero12[12] = {0};
+    if (memcmp(b, v4mapped, 12) == 0 || memcmp(b, nat64, 12) == 0 || memcmp(b, zero12, 12) == 0)
+        return ipv4_is_internal((uint32_t)b[12] << 24 | (uint32_t)b[13] << 16 |
+                                (uint32_t)b[14] << 8 | b[15]); /* also ::, ::1, v4-compatible */
+    if (b[0] == 0x20 && b[1] == 0x02) /* 2002::/16 6to4: the IPv4 address follows */
+        return ipv4_is_internal((uint32_t)b[2] << 24 | (uint32_t)b[3] << 16 |
+                                (uint32_t)b[4] << 8 | b[5]);
+    return (b[0] & 0xfe) == 0xfc ||                  /* fc00::/7 unique local */
+           (b[0] == 0xfe && (b[1] & 0xc0) == 0x80) || /* fe80::/10 link-local */
+           (b[0] == 0xfe && (b[1] & 0xc0) == 0xc0) || /* fec0::/10 site-local (deprecated) */
+           b[0] == 0xff;                              /* multicast */
+}
+
 /* True if dst is one of authproxy's own listeners: same port, and the same address, or any
  * loopback address when the listener is on loopback or on the wildcard address (which
  * includes loopback). Checked on the resolved address, so no name leads there. */
@@ -262,6 +312,10 @@ static void uc_try_next(struct upstream_connect *uc)
             uc_finish(uc, UPSTREAM_ERR_FORBIDDEN, "the destination is authproxy itself");
             return;
         }
+        if (!uc->internal_ok && upstream_addr_is_internal(ai->ai_addr)) {
+            uc->skipped_internal = true;
+            continue;
+        }
         int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (fd == -1)
             continue;
@@ -274,7 +328,10 @@ static void uc_try_next(struct upstream_connect *uc)
         }
         close(fd);
     }
-    uc_finish(uc, UPSTREAM_ERR_CONNECT, "connection refused or unreachable");
+    if (uc->skipped_internal)
+        uc_finish(uc, UPSTREAM_ERR_INTERNAL, "the destination address is internal");
+    else
+        uc_finish(uc, UPSTREAM_ERR_CONNECT, "connection refused or unreachable");
 }
 
 static void uc_resolved_cb(int result, struct evutil_addrinfo *res, void *arg)
@@ -360,7 +417,8 @@ static void uc_start_cb(evutil_socket_t fd, short what, void *arg)
 
 struct upstream_connect *upstream_connect_start(struct worker *w, struct snapshot *snap,
                                                 const char *host, uint16_t port, bool tls,
-                                                upstream_connect_cb cb, void *arg)
+                                                bool allow_internal, upstream_connect_cb cb,
+                                                void *arg)
 {
     struct upstream_connect *uc = xcalloc(1, sizeof(*uc));
     uc->w = w;
@@ -374,6 +432,8 @@ struct upstream_connect *upstream_connect_start(struct worker *w, struct snapsho
     uc->state = UC_RESOLVING;
     const struct dns_remap_entry *remap = config_find_remap(snap->config, host);
     uc->dial_host = xstrdup(remap ? remap->host : host);
+    uc->allow_internal = allow_internal;
+    uc->internal_ok = allow_internal || remap != NULL;
     uc->dial_port = (remap && remap->port) ? remap->port : port;
 
     unsigned ms = snap->config->limits.connect_timeout_ms;
@@ -410,9 +470,10 @@ static void idle_read_cb(struct bufferevent *bev, void *arg)
     idle_event_cb(bev, BEV_EVENT_ERROR, arg);
 }
 
-struct upstream *upstream_pool_take(struct worker *w, const char *host, uint16_t port, bool tls)
+struct upstream *upstream_pool_take(struct worker *w, const char *host, uint16_t port, bool tls,
+                                    bool allow_internal)
 {
-    char *key = pool_key(host, port, tls);
+    char *key = pool_key(host, port, tls, allow_internal);
     uint64_t now = monotonic_us();
     struct upstream *u, *found = NULL;
     /* Newest last: search from the tail so the warmest connection is reused. */

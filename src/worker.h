@@ -38,6 +38,7 @@ struct serve_shared {
      * requests, and the "iss" of those signatures (the control API's origin). */
     struct credcache *credcache;
     struct signkeys *signkeys;
+    struct sandbox_limits *limits; /* per-sandbox connection and request-rate counters */
     const char *callback_issuer;
     /* Transparent listener: is this peer address one of our sandboxes? NULL: none are. */
     bool (*is_sandbox_peer)(void *ctx, struct in_addr addr);

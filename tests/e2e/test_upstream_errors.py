@@ -26,7 +26,9 @@ def test_names_outside_dns_remap_are_resolved_with_the_upstream_resolver(stack, 
     origin = stack.tls_origin()  # no remap: reached through DNS
     dns.add_a("dns.example.test", "127.0.0.1")
     try:
-        d = stack.start()
+        # 127.0.0.1 is internal: only a host the policy names exactly may lead there (SSRF guard,
+        # tests/attack/test_ssrf.py)
+        d = stack.start({"access_control": {"allow_list": ["dns.example.test"]}})
         resp = client.https_request(d.port, "dns.example.test", stack.ca, "/resolved",
                                     port=origin.port)
     finally:

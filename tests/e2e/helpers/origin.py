@@ -57,12 +57,13 @@ class BadMessage(Exception):
 
 
 class _Stream:
-    """Buffered reads on a (TLS) socket, counting application bytes."""
+    """Buffered reads on a (TLS) socket, counting application bytes. The buffer is a bytearray
+    so that many small TLS records add up in linear time (bytes += bytes is quadratic)."""
 
     def __init__(self, sock, origin):
         self.sock = sock
         self.origin = origin
-        self.buf = b""
+        self.buf = bytearray()
 
     def _fill(self):
         data = self.sock.recv(65536)
@@ -72,12 +73,16 @@ class _Stream:
             self.origin.bytes_received += len(data)
         self.buf += data
 
+    def _take(self, n, skip=0):
+        data = bytes(self.buf[:n])
+        del self.buf[:n + skip]
+        return data
+
     def read_head(self):
         while True:
             i = self.buf.find(b"\r\n\r\n")
             if i >= 0:
-                head, self.buf = self.buf[:i + 4], self.buf[i + 4:]
-                return head
+                return self._take(i + 4)
             if len(self.buf) > MAX_HEAD:
                 raise BadMessage("head too large")
             self._fill()
@@ -85,15 +90,13 @@ class _Stream:
     def read_exact(self, n):
         while len(self.buf) < n:
             self._fill()
-        data, self.buf = self.buf[:n], self.buf[n:]
-        return data
+        return self._take(n)
 
     def read_line(self):
         while True:
             i = self.buf.find(b"\r\n")
             if i >= 0:
-                line, self.buf = self.buf[:i], self.buf[i + 2:]
-                return line
+                return self._take(i, 2)
             if len(self.buf) > 65536:
                 raise BadMessage("line too long")
             self._fill()
