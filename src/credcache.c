@@ -179,8 +179,8 @@ enum credcache_result credcache_lookup(struct credcache *cc, const uint8_t key[C
     }
     struct flight *f;
     LIST_FOREACH(f, &cc->flights, link)
-        if (memcmp(f->key, key, CREDCACHE_KEY_LEN) == 0)
-            break;
+    if (memcmp(f->key, key, CREDCACHE_KEY_LEN) == 0)
+        break;
     res = CREDCACHE_WAIT;
     if (f == NULL) {
         f = xcalloc(1, sizeof(*f));
@@ -210,8 +210,8 @@ void credcache_complete(struct credcache *cc, const uint8_t key[CREDCACHE_KEY_LE
     pthread_mutex_lock(&cc->lock);
     struct flight *f;
     LIST_FOREACH(f, &cc->flights, link)
-        if (memcmp(f->key, key, CREDCACHE_KEY_LEN) == 0)
-            break;
+    if (memcmp(f->key, key, CREDCACHE_KEY_LEN) == 0)
+        break;
     if (h != NULL) {
         struct entry **pe = &cc->buckets[bucket_of(cc, key)];
         while (*pe && memcmp((*pe)->key, key, CREDCACHE_KEY_LEN) != 0)

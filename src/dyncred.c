@@ -107,7 +107,8 @@ struct cred_headers *dyncred_parse_callback_answer(const char *body, size_t len)
         goto out;
     const char *name;
     json_t *value;
-    json_object_foreach(headers, name, value) {
+    json_object_foreach(headers, name, value)
+    {
         struct http1_header_override o = {name, json_string_value(value)};
         if (!json_is_string(value) || strlen(o.value) != json_string_length(value) ||
             !http1_override_valid(&o))
@@ -115,7 +116,8 @@ struct cred_headers *dyncred_parse_callback_answer(const char *body, size_t len)
     }
     out = cred_headers_new(json_object_size(headers));
     size_t i = 0;
-    json_object_foreach(headers, name, value) {
+    json_object_foreach(headers, name, value)
+    {
         out->h[i].name = xstrdup(name);
         out->h[i].value = xstrdup(json_string_value(value));
         i++;
@@ -173,16 +175,16 @@ static void gcp_done(const struct httpc_response *resp, const char *error, void 
     } else if (resp->status != 200) {
         /* Google explains a refusal in the body ({"error", "error_description"}) */
         (void)gcp_parse_token_response(resp->body, resp->body_len, &token, &expires_in, &err);
-        log_warn("gcp token endpoint %s: answered %d%s%s", f->what, resp->status,
-                 err ? ": " : "", err ? err : "");
+        log_warn("gcp token endpoint %s: answered %d%s%s", f->what, resp->status, err ? ": " : "",
+                 err ? err : "");
         secret_free(token);
         token = NULL;
     } else if (gcp_parse_token_response(resp->body, resp->body_len, &token, &expires_in, &err) !=
                0) {
         log_warn("gcp token endpoint %s: %s", f->what, err ? err : "invalid answer");
     } else {
-        unsigned margin = expires_in / 2 < GCP_REFRESH_MARGIN_S ? expires_in / 2
-                                                                : GCP_REFRESH_MARGIN_S;
+        unsigned margin =
+            expires_in / 2 < GCP_REFRESH_MARGIN_S ? expires_in / 2 : GCP_REFRESH_MARGIN_S;
         h = cred_headers_new(1);
         h->h[0].name = xstrdup("Authorization");
         h->h[0].value = xasprintf("Bearer %s", token);
@@ -233,8 +235,9 @@ static char *callback_body(const struct policy_callback *cb, const struct dyncre
                      rq->port);
         json_t *r = json_object();
         json_object_set_new(r, "method", json_string(rq->method));
-        json_object_set_new(r, "url", json_sprintf("%s://%s%.*s", rq->scheme, authority,
-                                                   (int)rq->target_len, rq->target));
+        json_object_set_new(
+            r, "url",
+            json_sprintf("%s://%s%.*s", rq->scheme, authority, (int)rq->target_len, rq->target));
         json_object_set_new(r, "scheme", json_string(rq->scheme));
         json_object_set_new(r, "host", json_string(rq->host));
         json_object_set_new(r, "path", json_stringn(rq->target, path_len));
@@ -248,8 +251,8 @@ static char *callback_body(const struct policy_callback *cb, const struct dyncre
                     list = json_array();
                     json_object_set_new(hs, name, list);
                 }
-                json_array_append_new(
-                    list, json_stringn(rq->headers[i].value, rq->headers[i].value_len));
+                json_array_append_new(list,
+                                      json_stringn(rq->headers[i].value, rq->headers[i].value_len));
             }
             free(name);
         }
@@ -269,16 +272,14 @@ static char *callback_body(const struct policy_callback *cb, const struct dyncre
     return text;
 }
 
-enum credcache_result dyncred_callback_resolve(struct worker *w, struct snapshot *snap,
-                                               const struct policy_callback *cb,
-                                               const struct dyncred_request *rq,
-                                               const uint8_t key[CREDCACHE_KEY_LEN],
-                                               credcache_cb done, void *arg,
-                                               struct cred_headers **hit,
-                                               struct credcache_waiter **waiter)
+enum credcache_result
+dyncred_callback_resolve(struct worker *w, struct snapshot *snap, const struct policy_callback *cb,
+                         const struct dyncred_request *rq, const uint8_t key[CREDCACHE_KEY_LEN],
+                         credcache_cb done, void *arg, struct cred_headers **hit,
+                         struct credcache_waiter **waiter)
 {
-    enum credcache_result res = credcache_lookup(w->shared->credcache, key, monotonic_us(),
-                                                 w->base, done, arg, hit, waiter);
+    enum credcache_result res = credcache_lookup(w->shared->credcache, key, monotonic_us(), w->base,
+                                                 done, arg, hit, waiter);
     if (res != CREDCACHE_LEAD)
         return res;
     struct dyncred_fetch *f = fetch_new(w, FETCH_CALLBACK, key, cb->url);
@@ -308,8 +309,7 @@ enum credcache_result dyncred_callback_resolve(struct worker *w, struct snapshot
     hs[n++] = (struct httpc_header){"User-Agent", "authproxy/" AUTHPROXY_VERSION};
     hs[n++] = (struct httpc_header){SIGNKEYS_HEADER, jwt};
     for (size_t i = 0; i < cb->n_request_headers; i++)
-        hs[n++] = (struct httpc_header){cb->request_headers[i].name,
-                                        cb->request_headers[i].value};
+        hs[n++] = (struct httpc_header){cb->request_headers[i].name, cb->request_headers[i].value};
     struct httpc_request hr = {.method = "POST",
                                .url = cb->url,
                                .headers = hs,
@@ -337,8 +337,8 @@ enum credcache_result dyncred_gcp_resolve(struct worker *w, struct snapshot *sna
                                           void *arg, struct cred_headers **hit,
                                           struct credcache_waiter **waiter)
 {
-    enum credcache_result res = credcache_lookup(w->shared->credcache, key, monotonic_us(),
-                                                 w->base, done, arg, hit, waiter);
+    enum credcache_result res = credcache_lookup(w->shared->credcache, key, monotonic_us(), w->base,
+                                                 done, arg, hit, waiter);
     if (res != CREDCACHE_LEAD)
         return res;
     struct gcp_sa *sa = NULL;

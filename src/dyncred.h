@@ -37,8 +37,8 @@ struct dyncred_request {
     const char *sandbox_id; /* box id, likewise */
     /* Used only with full_request: */
     const char *method;
-    const char *scheme;  /* "http" / "https" */
-    const char *target;  /* origin-form path and query as sent */
+    const char *scheme; /* "http" / "https" */
+    const char *target; /* origin-form path and query as sent */
     size_t target_len;
     const struct http1_header *headers;
     size_t n_headers;
@@ -57,13 +57,11 @@ void dyncred_gcp_key(const struct policy_rule *rule, uint8_t key[CREDCACHE_KEY_L
 
 /* Looks key up; on a miss registers (done, arg) as a waiter in w's thread and, if no exchange
  * for key is under way, starts one on w with snap's settings. Returns as credcache_lookup. */
-enum credcache_result dyncred_callback_resolve(struct worker *w, struct snapshot *snap,
-                                               const struct policy_callback *cb,
-                                               const struct dyncred_request *rq,
-                                               const uint8_t key[CREDCACHE_KEY_LEN],
-                                               credcache_cb done, void *arg,
-                                               struct cred_headers **hit,
-                                               struct credcache_waiter **waiter);
+enum credcache_result
+dyncred_callback_resolve(struct worker *w, struct snapshot *snap, const struct policy_callback *cb,
+                         const struct dyncred_request *rq, const uint8_t key[CREDCACHE_KEY_LEN],
+                         credcache_cb done, void *arg, struct cred_headers **hit,
+                         struct credcache_waiter **waiter);
 
 enum credcache_result dyncred_gcp_resolve(struct worker *w, struct snapshot *snap,
                                           const struct policy_rule *rule,

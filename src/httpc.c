@@ -122,7 +122,8 @@ static void consume(struct httpc *h, bool eof)
         h->head_len = take;
         evbuffer_copyout(in, h->head, take);
         size_t head_len = 0;
-        int rc = http1_parse_response(h->head, take, HTTPC_MAX_HEAD, "POST", 4, &h->resp, &head_len);
+        int rc =
+            http1_parse_response(h->head, take, HTTPC_MAX_HEAD, "POST", 4, &h->resp, &head_len);
         if (rc == HTTP1_INCOMPLETE) {
             secure_zero(h->head, h->head_len);
             free(h->head);
@@ -306,7 +307,8 @@ struct httpc *httpc_start(struct worker *w, struct snapshot *snap, const struct 
     h->cb = cb;
     h->arg = arg;
     h->timer = evtimer_new(w->base, timeout_cb, h);
-    struct timeval tv = {.tv_sec = rq->timeout_ms / 1000, .tv_usec = (rq->timeout_ms % 1000) * 1000};
+    struct timeval tv = {.tv_sec = rq->timeout_ms / 1000,
+                         .tv_usec = (rq->timeout_ms % 1000) * 1000};
     evtimer_add(h->timer, &tv);
     /* Callback and token URLs come from the config, not from a sandbox: they may be internal. */
     h->connecting =

@@ -25,8 +25,8 @@ struct httpc_header {
 };
 
 struct httpc_request {
-    const char *method; /* e.g. "POST" */
-    const char *url;    /* absolute http:// or https:// URL */
+    const char *method;                 /* e.g. "POST" */
+    const char *url;                    /* absolute http:// or https:// URL */
     const struct httpc_header *headers; /* besides Host, Content-Length and Connection */
     size_t n_headers;
     const void *body;

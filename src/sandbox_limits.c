@@ -14,9 +14,9 @@ struct entry {
     struct entry *next;
     char *key;
     unsigned conns;
-    double tokens;     /* request tokens left */
-    uint64_t last_us;  /* when tokens was last refilled; 0: never (bucket starts full) */
-    bool bucket_full;  /* tokens reached the burst at the last refill */
+    double tokens;    /* request tokens left */
+    uint64_t last_us; /* when tokens was last refilled; 0: never (bucket starts full) */
+    bool bucket_full; /* tokens reached the burst at the last refill */
 };
 
 struct sandbox_limits {
