@@ -124,6 +124,8 @@ static void uc_timeout_cb(evutil_socket_t fd, short what, void *arg)
     (void)what;
     if (uc->state == UC_HANDSHAKING)
         uc_finish(uc, UPSTREAM_ERR_TLS, "TLS handshake timed out");
+    else if (uc->state == UC_RESOLVING) /* the resolver did not answer (or is down) */
+        uc_finish(uc, UPSTREAM_ERR_DNS, "name resolution timed out");
     else
         uc_finish(uc, UPSTREAM_ERR_CONNECT, "connect timed out");
 }
