@@ -1,4 +1,5 @@
 // fuzz-sources: src/config.c src/secret_set.c src/policy.c src/glob.c src/util.c src/log.c src/http1.c
+// fuzz-sources: src/scrub.c src/gcp.c src/jws.c
 /* libFuzzer harness for the standalone config loader, and through it policy_compile and the
  * glob compiler: arbitrary bytes must never crash, leak or hang it, a config is returned exactly
  * when no error is reported, and a secret value never reaches an error message. */

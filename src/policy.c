@@ -15,6 +15,7 @@
  *   - Disabled rules are validated (and their secrets resolved) but take no part in decisions. */
 #include "policy.h"
 
+#include "gcp.h"
 #include "http1.h"
 #include "scrub.h"
 
@@ -775,16 +776,17 @@ static bool pc_aws(struct pc *c, const json_t *aws, const char *path,
     return ok;
 }
 
-/* True if s is a JSON object with "client_email" and "private_key" strings. The parsed copy is
- * zeroed before it is freed: it holds the private key. */
-static bool policy_service_account_ok(const char *s)
+/* NULL if s is a usable service-account key (gcp_sa_parse: the fields, an unencrypted RSA key
+ * of at least 2048 bits, an https token_uri), else why not (caller frees; never holds the key).
+ * Checked when the config is applied, so a bad key is a 400 then, not a 502 per request. */
+static char *policy_service_account_problem(const char *s)
 {
-    json_t *sa = json_loads(s, 0, NULL);
-    bool ok = json_is_object(sa) && json_is_string(json_object_get(sa, "client_email")) &&
-              json_is_string(json_object_get(sa, "private_key"));
-    policy_json_zero_strings(sa);
-    json_decref(sa);
-    return ok;
+    struct gcp_sa *sa = NULL;
+    char *err = NULL;
+    if (gcp_sa_parse(s, &sa, &err) != 0)
+        return err ? err : xstrdup("not a service-account key");
+    gcp_sa_free(sa);
+    return NULL;
 }
 
 /* Parses a rule's "gcp" object. */
@@ -805,11 +807,13 @@ static bool pc_gcp(struct pc *c, const json_t *gcp, const char *path,
         ok = false;
     } else if (!pc_credential(c, sa, sp, false, hosts, n_hosts, &out->service_account_json)) {
         ok = false;
-    } else if (!policy_service_account_ok(out->service_account_json)) {
-        pc_err(c, sp,
-               "the value is not a service-account key (a JSON object with \"client_email\" "
-               "and \"private_key\")");
-        ok = false;
+    } else {
+        char *why = policy_service_account_problem(out->service_account_json);
+        if (why != NULL) {
+            pc_err(c, sp, "%s", why);
+            free(why);
+            ok = false;
+        }
     }
     free(sp);
     const json_t *scopes = pc_field(gcp, "scopes");
@@ -830,8 +834,8 @@ static bool pc_gcp(struct pc *c, const json_t *gcp, const char *path,
             const char *s;
             if (!pc_string(c, json_array_get(scopes, i), ip, true, &s)) {
                 ok = false;
-            } else if (!policy_value_safe(s)) {
-                pc_err(c, ip, "control character in scope");
+            } else if (!policy_value_safe(s) || !gcp_scope_valid(s)) {
+                pc_err(c, ip, "not a valid OAuth scope (printable characters, no spaces)");
                 ok = false;
             } else {
                 out->scopes[i] = xstrdup(s);

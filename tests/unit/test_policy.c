@@ -9,6 +9,9 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <jansson.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
 
 #include "policy.h"
 
@@ -22,7 +25,9 @@ struct tsecret {
     size_t n;
 };
 
-#define SA_JSON "{\"client_email\": \"svc@p.iam.example\", \"private_key\": \"PEM-SECRET\"}"
+/* A real service-account key (gcp rules are checked with gcp_sa_parse when compiled), made in
+ * setup_secrets. */
+static char *sa_json;
 
 static struct tsecret tsecrets[] = {
     {.name = "DEMO_TOKEN", .value = "demo-SECRET-1"},
@@ -35,8 +40,26 @@ static struct tsecret tsecrets[] = {
     {.name = "CRLF", .value = "evil-SECRET\r\nX-Injected: 1"},
     {.name = "AWS_ID", .value = "AKIA-SECRET"},
     {.name = "AWS_KEY", .value = "aws-key-SECRET"},
-    {.name = "SA", .value = SA_JSON},
+    {.name = "SA", .value = NULL}, /* sa_json, set by setup_secrets */
 };
+
+/* A service-account JSON with a fresh 2048-bit RSA key, as Google issues them (PKCS#8 PEM). */
+static char *make_service_account_json(void)
+{
+    EVP_PKEY *key = EVP_RSA_gen(2048);
+    BIO *bio = BIO_new(BIO_s_mem());
+    char *pem = NULL;
+    assert_non_null(key);
+    assert_int_equal(PEM_write_bio_PKCS8PrivateKey(bio, key, NULL, NULL, 0, NULL, NULL), 1);
+    long len = BIO_get_mem_data(bio, &pem);
+    json_t *o = json_pack("{s:s, s:s, s:s%}", "type", "service_account", "client_email",
+                          "svc@p.iam.gserviceaccount.com", "private_key", pem, (size_t)len);
+    char *text = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    BIO_free(bio);
+    EVP_PKEY_free(key);
+    return text;
+}
 
 static const char *tsecret_get(void *ctx, const char *key, const struct host_pattern **hosts,
                                size_t *n_hosts)
@@ -56,6 +79,10 @@ static const struct secret_source tsource = {tsecret_get, NULL};
 static int setup_secrets(void **state)
 {
     (void)state;
+    sa_json = make_service_account_json();
+    for (size_t i = 0; i < sizeof(tsecrets) / sizeof(tsecrets[0]); i++)
+        if (strcmp(tsecrets[i].name, "SA") == 0)
+            tsecrets[i].value = sa_json;
     for (size_t i = 0; i < sizeof(tsecrets) / sizeof(tsecrets[0]); i++) {
         struct tsecret *s = &tsecrets[i];
         const char *hosts[3];
@@ -81,6 +108,7 @@ static int teardown_secrets(void **state)
     for (size_t i = 0; i < sizeof(tsecrets) / sizeof(tsecrets[0]); i++)
         for (size_t j = 0; j < tsecrets[i].n; j++)
             host_pattern_free(&tsecrets[i].compiled[j]);
+    free(sa_json);
     return 0;
 }
 
@@ -516,7 +544,7 @@ static void test_aws_and_gcp_rules(void **state)
     assert_string_equal(r[0].aws.secret_access_key, "opaque-key");
     assert_null(r[0].aws.session_token);
     assert_int_equal(r[1].type, POLICY_RULE_GCP);
-    assert_string_equal(r[1].gcp.service_account_json, SA_JSON);
+    assert_string_equal(r[1].gcp.service_account_json, sa_json);
     assert_int_equal(r[1].gcp.n_scopes, 1);
     assert_string_equal(r[1].gcp.scopes[0], "https://www.googleapis.com/auth/cloud-platform");
     /* Built-in host matching. */
@@ -538,7 +566,16 @@ static void test_aws_and_gcp_rules(void **state)
     expect_error(
         "{\"rules\": [{\"name\": \"g\", \"type\": \"gcp\", \"gcp\": {"
         " \"service_account_json\": {\"type\": \"workspace_secret\", \"value\": \"{A}\"}}}]}",
-        "proxy_config.rules[0].gcp.service_account_json", "service-account", NULL);
+        "proxy_config.rules[0].gcp.service_account_json", "service account JSON", NULL);
+    /* The fields are there but the key is not a key: refused when applied, not per request. */
+    expect_error("{\"rules\": [{\"name\": \"g\", \"type\": \"gcp\", \"gcp\": {"
+                 " \"service_account_json\": {\"type\": \"opaque\", \"value\": "
+                 "\"{\\\"client_email\\\": \\\"a@b.c\\\", \\\"private_key\\\": \\\"PEM-SECRET\\\"}\"}}}]}",
+                 "proxy_config.rules[0].gcp.service_account_json", "private_key", NULL);
+    expect_error("{\"rules\": [{\"name\": \"g\", \"type\": \"gcp\", \"gcp\": {"
+                 " \"service_account_json\": {\"type\": \"workspace_secret\", \"value\": \"{SA}\"},"
+                 " \"scopes\": [\"has space\"]}}]}",
+                 "proxy_config.rules[0].gcp.scopes[0]", "OAuth scope", NULL);
     expect_error(
         "{\"rules\": [{\"name\": \"g\", \"type\": \"gcp\", \"gcp\": {"
         " \"service_account_json\": {\"type\": \"opaque\", \"value\": \"{}\"}, \"scopes\": []}}]}",
