@@ -493,6 +493,19 @@ static void maybe_finish_exchange(struct conn *c)
         process_client_input(c);
 }
 
+/* Joins a small output into one chunk. A TLS bufferevent writes each chunk of its output as a
+ * record of its own with a write(2) of its own, so a response head and a small body queued as
+ * two chunks cost two records and two system calls; one chunk costs one. Called where a head
+ * and its body have just been queued; the copy is at most COALESCE_MAX bytes. */
+#define COALESCE_MAX (16 * 1024)
+static void coalesce_small_output(struct bufferevent *bev)
+{
+    struct evbuffer *out = bufferevent_get_output(bev);
+    size_t len = evbuffer_get_length(out);
+    if (len > 0 && len <= COALESCE_MAX && evbuffer_peek(out, -1, NULL, NULL, 0) > 1)
+        evbuffer_pullup(out, -1);
+}
+
 /* Forwards whatever request body bytes are buffered from the client. */
 static void pump_request_body(struct conn *c)
 {
@@ -544,6 +557,8 @@ static void start_forwarding(struct conn *c)
     bufferevent_setcb(c->client, client_read_cb, client_write_cb, client_event_cb, c);
     bufferevent_enable(c->client, EV_READ);
     pump_request_body(c);
+    if (c->up != NULL && c->up->tls)
+        coalesce_small_output(c->up->bev);
 }
 
 static void on_upstream_connected(struct upstream *u, enum upstream_error err, const char *reason,
@@ -813,6 +828,8 @@ static void process_upstream_input(struct conn *c)
         r->req_done = true;
     }
 done:
+    if (c->tunnel_tls)
+        coalesce_small_output(c->client);
     if (r && r->resp_done)
         maybe_finish_exchange(c);
 }
