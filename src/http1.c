@@ -95,6 +95,22 @@ static bool http1_name_is(const char *s, size_t len, const char *lit)
     return ascii_case_eq(s, len, lit, strlen(lit));
 }
 
+/* True if the field name s[0..len) names the same field as lit for a CGI/WSGI origin: case
+ * ignored and '_' read as '-' (both become HTTP_X_API_KEY there). A sandbox's "X_Api_Key" must
+ * not reach the origin beside an injected "X-Api-Key" as a second credential. */
+static bool http1_name_is_cgi(const char *s, size_t len, const char *lit)
+{
+    if (strlen(lit) != len)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        char a = s[i] == '_' ? '-' : ascii_lower(s[i]);
+        char b = lit[i] == '_' ? '-' : ascii_lower(lit[i]);
+        if (a != b)
+            return false;
+    }
+    return true;
+}
+
 /* ---- lists (RFC 9110 §5.6.1) ---- */
 
 /* Iterates the elements of a comma-separated list. *pos is the cursor (start at 0). Each call
@@ -785,7 +801,7 @@ int http1_write_request_head(struct evbuffer *out, const struct http1_request *r
             continue;
         bool overridden = false;
         for (size_t k = 0; k < n_overrides && !overridden; k++)
-            overridden = http1_name_is(h->name, h->name_len, overrides[k].name);
+            overridden = http1_name_is_cgi(h->name, h->name_len, overrides[k].name);
         if (!overridden)
             http1_put_field(out, h->name, h->name_len, h->value, h->value_len);
     }

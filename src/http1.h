@@ -113,7 +113,8 @@ const struct http1_header *http1_find_header(const struct http1_header *headers,
 bool http1_list_has_token(const char *value, size_t value_len, const char *token);
 
 /* A header the proxy sets on the forwarded request. It replaces every field of the same name
- * (case-insensitive) that the client sent, so a sandbox can neither override nor duplicate it.
+ * (case-insensitive, and '_' taken as '-', as CGI/WSGI origins read names) that the client
+ * sent, so a sandbox can neither override nor duplicate it.
  * For http1_write_request_head, a NULL value removes the client's fields of that name and adds
  * nothing (e.g. a signature field the proxy's own signing does not use). */
 struct http1_header_override {

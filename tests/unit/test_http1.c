@@ -971,6 +971,19 @@ static void test_write_request_overrides(void **state)
     free(h);
     evbuffer_free(out);
 
+    /* "X_Api_Key" is "X-Api-Key" to a CGI/WSGI origin: replaced as well */
+    struct http1_header_override key[] = {{"X-Api-Key", "real"}};
+    assert_int_equal(req_parse("GET /v1 HTTP/1.1\r\nHost: h\r\nX_Api_Key: fake\r\n"
+                               "x-api_KEY: fake2\r\nX-Api-Keys: other\r\n\r\n",
+                               &req, NULL),
+                     HTTP1_OK);
+    out = evbuffer_new();
+    assert_int_equal(http1_write_request_head(out, &req, "/v1", 3, key, 1), 0);
+    h = evbuf_str(out);
+    assert_string_equal(h, "GET /v1 HTTP/1.1\r\nHost: h\r\nX-Api-Keys: other\r\nX-Api-Key: real\r\n\r\n");
+    free(h);
+    evbuffer_free(out);
+
     /* a NULL value removes every client copy and adds nothing (AWS re-signing drops the
      * sandbox's X-Amz-Security-Token when the rule has none) */
     struct http1_header_override drop[] = {{"X-Amz-Security-Token", NULL}};
