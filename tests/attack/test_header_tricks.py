@@ -187,6 +187,24 @@ def test_header_lines_smuggled_in_values_or_folds_are_refused(tgt, case):
     assert not secrets_in(received)
 
 
+@pytest.mark.parametrize("first", [" Authorization: Bearer fake", "\tAuthorization: Bearer fake",
+                                   " Host: other.example.test"])
+def test_whitespace_before_the_first_field_is_refused_or_the_line_dropped(env, tgt, first):
+    """RFC 9112 §2.2: a line starting with whitespace right after the request line must be
+    rejected or consumed without further processing, never read as a field (an Authorization
+    or Host of the sandbox's choosing)."""
+    origin, open_conn, target, host = tgt
+    raw = "GET %s HTTP/1.1\r\n%s\r\nHost: %s\r\n\r\n" % (target, first, host)
+    resp, closed, received = exchange(open_conn, raw.encode())
+    assert resp is not None and resp.status in (200, 400), resp
+    if resp.status == 400:
+        assert closed and origin.bytes_received == 0
+        return
+    [req] = origin.wait_requests(1)
+    assert_credentials_exactly_once(env, req)
+    assert b"fake" not in req.raw_head and b"other.example.test" not in req.raw_head, req.raw_head
+
+
 @pytest.mark.parametrize("line", [
     "GET /a\r\nAuthorization: Bearer fake HTTP/1.1",
     "GET /a\rAuthorization: Bearer fake HTTP/1.1",
