@@ -14,7 +14,8 @@ And never a credential in what the attacker receives.
 How we know these can fail: against a scratch build whose http1_write_request_head compared
 names case-sensitively, the case and duplicate probes failed (the origin saw the sandbox's
 fields beside the injected ones); with the 400/431 expectations changed to 200 every refusal
-probe failed. The underscore probes fail today (xfail, a weakness: see there).
+probe failed. The underscore probes failed before 5a89b24 (the weakness they found: the
+sandbox's `X_Api_Key` was forwarded beside the injected `X-Api-Key`).
 """
 import json
 import time
@@ -127,12 +128,6 @@ def test_credential_headers_sent_by_the_sandbox_are_replaced_exactly_once(env, t
     assert not secrets_in(received)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "weakness: http1_write_request_head replaces the sandbox's fields by exact (case-insensitive) "
-    "name only, so `X_Api_Key: <sandbox value>` is forwarded beside the injected `X-Api-Key`; "
-    "CGI/WSGI origins map both to HTTP_X_API_KEY, a second credential the sandbox chose "
-    "(SPEC §3: the sandbox can neither override nor duplicate a credential). Fix: drop or "
-    "refuse fields whose name with '_' read as '-' matches an injected one (or all '_' names)"))
 @pytest.mark.parametrize("name", ["X_Api_Key", "x_api_key", "X-Api_Key"])
 def test_underscore_spellings_of_a_credential_header_are_not_forwarded(env, tgt, name):
     """CGI and WSGI servers turn `X_Api_Key` and `X-Api-Key` into the same HTTP_X_API_KEY (Apache
