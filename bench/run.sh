@@ -286,9 +286,12 @@ cat > "$WORK/authproxy.json" <<EOF
   "proxy_config": {"rules": [{"name": "bench", "match_hosts": ["$NAME"], "allow_plaintext": true,
     "headers": [{"name": "Authorization", "type": "workspace_secret", "value": "Bearer {TOKEN}"}]}]},
   "dns_remap": {"$NAME": "127.0.0.1"},
-  "upstream_ca_file": "$PKI/ca.crt"
+  "upstream_ca_file": "$PKI/ca.crt",
+  "limits": {"max_connections_per_sandbox": 0}
 }
 EOF
+# (no per-client connection limit: every load generator here is one client on 127.0.0.1, and the
+#  memory run holds $IDLE idle connections)
 chmod 600 "$WORK/authproxy.json" # it holds a secret; the daemon warns about looser modes
 
 AP_PID=

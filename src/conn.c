@@ -1213,13 +1213,13 @@ static void peek_first_byte_cb(evutil_socket_t fd, short what, void *arg)
 
 /* ---------------------------------------------------------------- per-sandbox limits */
 
-/* Counts this connection for its sandbox (the box, else the client's address) the first time
- * the sandbox is known. Returns false when the sandbox already has its maximum of connections:
- * the caller refuses with 429. */
+/* Counts this connection for its sandbox. From accept on it is counted for the client's address
+ * (so connections that never send anything count too), or for the box when the capture address
+ * names it; when a request later names the box (the explicit port's credential), the count moves
+ * from the address to the box. Returns false when that sandbox already has its maximum of
+ * connections: the caller refuses with 429 (or closes, where nothing HTTP was said). */
 static bool admit_connection(struct conn *c, const struct registry_box *box)
 {
-    if (c->limit_key != NULL)
-        return true;
     char key[128];
     if (box != NULL) {
         snprintf(key, sizeof(key), "box:%s", box->box_id);
@@ -1228,9 +1228,15 @@ static bool admit_connection(struct conn *c, const struct registry_box *box)
         int ip_len = port ? (int)(port - c->peer) : (int)strlen(c->peer);
         snprintf(key, sizeof(key), "addr:%.*s", ip_len, c->peer);
     }
-    if (!sandbox_limits_conn_acquire(c->w->shared->limits, key,
-                                     conn_limits(c)->max_connections_per_sandbox))
+    if (c->limit_key != NULL && (box == NULL || strcmp(c->limit_key, key) == 0))
+        return true; /* counted already (an anonymous request stays on its address) */
+    struct sandbox_limits *l = c->w->shared->limits;
+    if (!sandbox_limits_conn_acquire(l, key, conn_limits(c)->max_connections_per_sandbox))
         return false;
+    if (c->limit_key != NULL) {
+        sandbox_limits_conn_release(l, c->limit_key);
+        free(c->limit_key);
+    }
     c->limit_key = xstrdup(key);
     return true;
 }
@@ -2037,6 +2043,10 @@ void conn_accept_transparent(struct worker *w, int fd, const struct sockaddr *pe
         return;
     }
     c->sandbox_addr = ((const struct sockaddr_in *)peer)->sin_addr;
+    if (!admit_connection(c, registry_find_by_addr(w->current->registry, c->sandbox_addr))) {
+        conn_close(c); /* over its connection limit; nothing was said, so nothing to answer */
+        return;
+    }
     if (getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, &orig, &olen) == -1) {
         log_warn("transparent: %s: no original destination: %s", c->peer, strerror(errno));
         conn_close(c);
@@ -2067,4 +2077,13 @@ void conn_accept_explicit(struct worker *w, int fd, const struct sockaddr *peer,
         return;
     }
     enter_read_head(c);
+    if (!admit_connection(c, NULL)) {
+        respond_and_close(c, 429, "too many connections from this address");
+        return;
+    }
+    /* A fresh connection has the head timeout, not the idle one, to start its first request:
+     * connections opened and left silent are not held for idle_timeout_ms. */
+    const struct config_limits *lim = conn_limits(c);
+    arm_timer(c, lim->header_timeout_ms < lim->idle_timeout_ms ? lim->header_timeout_ms
+                                                                 : lim->idle_timeout_ms);
 }

@@ -1,5 +1,6 @@
 #include "worker.h"
 
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,13 +27,49 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
     conn_accept_explicit(arg, fd, addr, len);
 }
 
+/* How long the listeners rest after running out of descriptors or memory, and how often that
+ * is logged at most. */
+#define ACCEPT_PAUSE_MS    100
+#define ACCEPT_WARN_EVERY_US (10u * 1000000u)
+
+static void accept_resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    (void)fd;
+    (void)what;
+    if (w->draining)
+        return;
+    if (w->proxy_listener)
+        evconnlistener_enable(w->proxy_listener);
+    if (w->transparent_listener)
+        evconnlistener_enable(w->transparent_listener);
+}
+
+/* accept() failed. Out of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM), the
+ * listening socket stays readable: retrying at once would spin on accept() and flood the log,
+ * so the listeners rest for ACCEPT_PAUSE_MS (connections wait in the kernel's backlog) and the
+ * condition is logged at most every ACCEPT_WARN_EVERY_US. */
 static void accept_error_cb(struct evconnlistener *l, void *arg)
 {
     struct worker *w = arg;
     (void)l;
-    /* EMFILE and friends: log and keep going; libevent retries on the next readiness. */
-    log_warn("worker %d: accept failed: %s", w->index,
-             evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+    int err = EVUTIL_SOCKET_ERROR();
+    uint64_t now = monotonic_us();
+    if (w->accept_warned_us == 0 || now - w->accept_warned_us >= ACCEPT_WARN_EVERY_US) {
+        w->accept_warned_us = now;
+        log_warn("worker %d: accept failed: %s%s", w->index, evutil_socket_error_to_string(err),
+                 err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM
+                     ? " (pausing accepts briefly; repeats are not logged for 10 s)"
+                     : "");
+    }
+    if (err != EMFILE && err != ENFILE && err != ENOBUFS && err != ENOMEM)
+        return;
+    if (w->proxy_listener)
+        evconnlistener_disable(w->proxy_listener);
+    if (w->transparent_listener)
+        evconnlistener_disable(w->transparent_listener);
+    struct timeval tv = {0, ACCEPT_PAUSE_MS * 1000};
+    evtimer_add(w->accept_resume, &tv);
 }
 
 static void grace_over_cb(evutil_socket_t fd, short what, void *arg)
@@ -135,9 +172,12 @@ struct worker *worker_new(int index, const struct serve_shared *shared, int prox
     w->wakeup = event_new(w->base, -1, EV_PERSIST, wakeup_cb, w);
     event_priority_set(w->wakeup, 0);
     event_add(w->wakeup, NULL);
+    /* Backlog 0 above: the sockets already listen (serve.c, with its backlog); -1 would make
+     * libevent listen() again with 128. */
+    w->accept_resume = evtimer_new(w->base, accept_resume_cb, w);
     if (proxy_fd != -1) {
         w->proxy_listener =
-            evconnlistener_new(w->base, accept_cb, w, LEV_OPT_CLOSE_ON_EXEC, -1, proxy_fd);
+            evconnlistener_new(w->base, accept_cb, w, LEV_OPT_CLOSE_ON_EXEC, 0, proxy_fd);
         if (w->proxy_listener == NULL) {
             snprintf(err, err_len, "cannot listen on the proxy socket");
             goto fail;
@@ -146,7 +186,7 @@ struct worker *worker_new(int index, const struct serve_shared *shared, int prox
     }
     if (transparent_fd != -1) {
         w->transparent_listener = evconnlistener_new(w->base, accept_transparent_cb, w,
-                                                     LEV_OPT_CLOSE_ON_EXEC, -1, transparent_fd);
+                                                     LEV_OPT_CLOSE_ON_EXEC, 0, transparent_fd);
         if (w->transparent_listener == NULL) {
             snprintf(err, err_len, "cannot listen on the transparent socket");
             goto fail;
@@ -216,6 +256,8 @@ void worker_join_and_free(struct worker *w)
         evconnlistener_free(w->transparent_listener);
     if (w->wakeup)
         event_free(w->wakeup);
+    if (w->accept_resume)
+        event_free(w->accept_resume);
     if (w->dns)
         evdns_base_free(w->dns, 1);
     if (w->base)

@@ -59,6 +59,8 @@ struct worker {
     struct evconnlistener *transparent_listener;
     struct dns_server *dns_server; /* the sandboxes' resolver, on worker 0 only; owned */
     struct event *wakeup;          /* activated from other threads: new snapshot, stop */
+    struct event *accept_resume;   /* re-enables the listeners after an accept pause */
+    uint64_t accept_warned_us;     /* last "accept failed" warning (rate limit) */
 
     pthread_mutex_t lock; /* guards pending and stop_requested */
     struct snapshot *pending;
