@@ -1,4 +1,4 @@
-// fuzz-sources: src/http1.c src/util.c src/log.c
+// fuzz-sources: src/http1.c src/glob.c src/util.c src/log.c
 /* libFuzzer harness for http1. The input is used as a raw message, so the seed corpus is plain
  * HTTP text. For each input it checks properties the proxy depends on, and aborts when one fails:
  *
