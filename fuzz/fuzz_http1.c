@@ -297,5 +297,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         CHECK(a.port == -1 || (a.port >= 1 && a.port <= 65535));
     }
     (void)http1_list_has_token(buf, size, "close");
+
+    /* http1_parse_url (callback and token URLs): an accepted URL has a non-empty host without
+     * brackets or spaces, a port, and an origin-form target inside the URL (or "/") */
+    if (size < 2048) {
+        char *url = malloc(size + 1);
+        memcpy(url, buf, size);
+        url[size] = '\0';
+        bool tls;
+        char host[256];
+        uint16_t port = 0;
+        const char *target = NULL;
+        if (http1_parse_url(url, &tls, host, sizeof(host), &port, &target) == 0) {
+            CHECK(host[0] != '\0' && strpbrk(host, " []/@?#") == NULL && port > 0);
+            CHECK(target[0] == '/');
+            CHECK(strcmp(target, "/") == 0 || (target > url && target < url + size));
+        }
+        free(url);
+    }
     return 0;
 }
