@@ -9,8 +9,10 @@ How we know these can fail: the victim bound failed (slowest 2.5 s) when the dae
 with SIGSTOP for 2.5 s during the oversized-body measurement; the slowloris probe failed with
 limits.header_timeout_ms at 30 s (no 408 within the bound); the memory bounds failed against a
 scratch build with conn.c's RELAY_HIGH_WATER at 1 GiB (232 MiB buffered for the stalled origin).
-The four xfail probes below fail today (weaknesses, see their reasons); the backlog one passes
-against a scratch build with the one-line fix it names.
+Four probes here found weaknesses, fixed in b80d5cf (they failed before it): idle connections
+were not counted by the per-sandbox connection limit and were held for idle_timeout_ms; the
+listen backlog was 128 (libevent re-listened); at EMFILE the workers spun on accept() and wrote
+~10 MB/s of warnings; so one client could take every descriptor from the others.
 """
 import os
 import resource
@@ -160,18 +162,35 @@ def open_idle(port, n):
     return socks
 
 
+def first_bytes(s, n=12, timeout=2.0):
+    """The first n bytes the proxy sent on s (or the error)."""
+    s.settimeout(timeout)
+    try:
+        return s.recv(n)
+    except OSError as e:
+        return repr(e)
+
+
 def test_ten_thousand_idle_connections_do_not_starve_another_client(stack):
-    """One client opens 10k connections and sends nothing; another client is served meanwhile.
-    When the attacker goes away every descriptor is released."""
+    """One client opens 10k connections and sends nothing: the daemon holds no more of them than
+    limits.max_connections_per_sandbox (1024, counted from accept by client address), answers the
+    rest 429, and another client is served meanwhile. When the attacker goes away every
+    descriptor is released."""
     raise_nofile(IDLE_CONNECTIONS + 2000)  # each process (tests, daemon) holds one end
     stack.plain_origin(VICTIM)
-    d = stack.start(limits={"idle_timeout_ms": 120000})  # the idle timeout is the next test's
+    # timeouts long enough that only the limit can explain connections being refused
+    d = stack.start(limits={"idle_timeout_ms": 120000, "header_timeout_ms": 120000,
+                            "max_connections_per_sandbox": 1024})
     pid = d.proc.pid
     base_fds = open_fds(pid)
     t0 = time.monotonic()
     socks = open_idle(d.port, IDLE_CONNECTIONS)
     try:
         opened = time.monotonic() - t0
+        held = open_fds(pid) - base_fds
+        assert held <= 1024 + 64, "the daemon holds %d connections of one client" % held
+        refused = [first_bytes(s) for s in socks[-50:]]  # the last ones are over the limit
+        assert all(r == b"HTTP/1.1 429" for r in refused), refused[:3]
         victim = Victim(d.port)
         for _ in range(40):
             victim.one()
@@ -185,17 +204,9 @@ def test_ten_thousand_idle_connections_do_not_starve_another_client(stack):
     assert d.alive()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "weakness: limits.max_connections_per_sandbox counts a connection only once its sandbox is "
-    "known, i.e. at its first request head (explicit port) or first bytes (transparent), "
-    "conn.c admit_connection; a client that opens connections and sends nothing is never counted "
-    "and keeps each one until idle_timeout_ms (default 300 s on the explicit port; a fresh "
-    "connection waits for its first head under the idle timeout, not header_timeout_ms). "
-    "Fix: count by client address at accept (the box is known at accept on the transparent "
-    "path), and give a fresh connection header_timeout_ms for its first head"))
 def test_idle_connections_count_toward_the_per_sandbox_limit(stack):
     """A client opening 300 connections that never send anything, under a limit of 100 per
-    sandbox: the daemon may not hold more than the limit of them."""
+    sandbox: the daemon may not hold more than the limit of them (they count from accept)."""
     stack.plain_origin(VICTIM)
     d = stack.start(limits={"max_connections_per_sandbox": 100})
     pid = d.proc.pid
@@ -210,12 +221,13 @@ def test_idle_connections_count_toward_the_per_sandbox_limit(stack):
     assert held <= 110, "the daemon holds %d idle connections of one client (limit 100)" % held
 
 
-def test_idle_connections_are_closed_by_the_idle_timeout(stack):
-    """limits.idle_timeout_ms closes connections that never send anything (1000 of them), and the
-    daemon releases their descriptors without the client's help."""
+def test_silent_connections_are_closed_after_the_head_timeout(stack):
+    """A connection that never sends its first head is closed after limits.header_timeout_ms (not
+    the much longer idle_timeout_ms, for which it used to be held), 1000 of them, and the daemon
+    releases their descriptors without the client's help."""
     raise_nofile(4096)
     stack.plain_origin(VICTIM)
-    d = stack.start(limits={"idle_timeout_ms": 2000})
+    d = stack.start(limits={"header_timeout_ms": 2000, "idle_timeout_ms": 300000})
     pid = d.proc.pid
     base_fds = open_fds(pid)
     socks = open_idle(d.port, 1000)
@@ -408,12 +420,6 @@ def test_oversized_chunk_metadata_is_refused_without_buffering(daemon, body):
     assert origin.wait_requests(1, timeout=0.3) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "weakness: the proxy listener's backlog is 128, not the 1024 serve.c's listen_on() asks for: "
-    "worker.c passes backlog -1 to evconnlistener_new() on an already listening socket, and "
-    "libevent then calls listen(fd, 128) again. A burst of 128 connects from one client while the "
-    "workers are not scheduled fills the accept queue, and every other client's SYN is dropped "
-    "(1 s retransmission). Fix: pass 0 (\"already listening\") in both evconnlistener_new calls"))
 def test_a_connection_burst_from_one_client_does_not_drop_another_clients_connect(stack):
     """The workers are paused (SIGSTOP: a scheduling gap, as on a loaded host) while one client
     opens 300 connections; a second client then connects. The kernel queues connections in the
@@ -462,6 +468,7 @@ def _hold_descriptors(stack, per_sandbox, limit=256, n=300):
     stack.plain_origin(VICTIM)
     d = stack.start(limits={"max_connections_per_sandbox": per_sandbox})
     resource.prlimit(d.proc.pid, resource.RLIMIT_NOFILE, (limit, limit))
+    held = limit - 4 if per_sandbox == 0 else open_fds(d.proc.pid) + per_sandbox
     socks = []
     for _ in range(n):
         s = socket.socket()
@@ -469,7 +476,7 @@ def _hold_descriptors(stack, per_sandbox, limit=256, n=300):
         s.setblocking(False)
         s.connect_ex(("127.0.0.1", d.port))
         socks.append(s)
-    client.wait_for(lambda: open_fds(d.proc.pid) >= limit - 4, timeout=5)
+    client.wait_for(lambda: open_fds(d.proc.pid) >= held, timeout=5)
     return d, socks
 
 
@@ -478,15 +485,9 @@ def _cpu_ticks(pid):
     return int(f[11]) + int(f[12])  # utime + stime
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "weakness: at EMFILE the accept error callback (worker.c accept_error_cb) only logs; the "
-    "listening socket stays readable, so each worker spins on accept() and writes an 'accept "
-    "failed' warning per attempt (measured: ~0.7 CPU and ~10 MB/s of stderr while one client "
-    "holds the daemon's descriptors). Fix: pause the listener (evconnlistener_disable + a short "
-    "timer) on EMFILE/ENFILE/ENOBUFS/ENOMEM and rate-limit the warning"))
 def test_descriptor_exhaustion_does_not_make_the_daemon_spin_or_flood_its_log(stack):
-    # No per-sandbox limit: whatever it counts, the daemon must behave at EMFILE (many sandboxes
-    # together can always get it there).
+    """Out of descriptors (no per-sandbox limit here: many sandboxes together can always get the
+    daemon there), the workers must not spin on accept() nor flood the log."""
     d, socks = _hold_descriptors(stack, per_sandbox=0)
     try:
         time.sleep(0.3)
@@ -501,12 +502,9 @@ def test_descriptor_exhaustion_does_not_make_the_daemon_spin_or_flood_its_log(st
     assert grown < 64 * 1024, "stderr grew by %d KiB in 1 s" % (grown >> 10)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "weakness: the per-sandbox connection limit does not count connections that have sent "
-    "nothing (see test_idle_connections_count_toward_the_per_sandbox_limit), so one client "
-    "holding idle connections up to the daemon's RLIMIT_NOFILE leaves no descriptor to accept "
-    "anyone else, even with max_connections_per_sandbox (100 here) far below it"))
 def test_one_client_cannot_take_every_descriptor_from_the_others(stack):
+    """With max_connections_per_sandbox (100) below the daemon's descriptor budget (256), one
+    client's 300 idle connections leave room to accept and serve another client."""
     d, socks = _hold_descriptors(stack, per_sandbox=100)
     try:
         try:
