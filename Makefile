@@ -6,6 +6,7 @@
 #                   then a short run of every fuzz harness
 #   make unit       unit tests only (cmocka)
 #   make e2e        end-to-end tests only (pytest, real daemon)
+#   make attack     the attack suite only (tests/attack: pytest, real daemon and sandboxes)
 #   make fuzz       run each libFuzzer harness for FUZZ_SECONDS
 #   make bench      run the benchmarks in bench/
 #
@@ -42,7 +43,7 @@ BIN       := $(OUT)/authproxy
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(OUT)/tests/%)
 
-.PHONY: all deps run test unit e2e test-release test-asan fuzz bench clean format
+.PHONY: all deps run test unit e2e attack test-release test-asan fuzz bench clean format
 
 all: $(BIN)
 
@@ -76,11 +77,14 @@ unit: $(UNIT_BINS)
 e2e: $(BIN)
 	AUTHPROXY_BIN=$(abspath $(BIN)) $(PYTHON) -m pytest -q -p no:cacheprovider tests/e2e
 
+attack: $(BIN)
+	AUTHPROXY_BIN=$(abspath $(BIN)) $(PYTHON) -m pytest -q -p no:cacheprovider tests/attack
+
 test-release:
-	@$(MAKE) --no-print-directory BUILD=release unit e2e
+	@$(MAKE) --no-print-directory BUILD=release unit e2e attack
 
 test-asan:
-	@$(MAKE) --no-print-directory BUILD=asan unit e2e
+	@$(MAKE) --no-print-directory BUILD=asan unit e2e attack
 
 # The fuzz step is a short smoke run of every harness (FUZZ_SECONDS each): it proves they build
 # and catches shallow regressions; long campaigns are `make fuzz FUZZ_SECONDS=...`.
