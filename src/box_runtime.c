@@ -4,6 +4,7 @@
 #include "box_runtime.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -28,15 +29,18 @@
 #include "policy.h"
 #include "util.h"
 
-#define DISK_IMAGE    "disk.img"
-#define DISK_MOUNT    "mnt"
-#define RESOLV_FILE   "resolv.conf"
-#define CA_BUNDLE     "ca-bundle.pem"
-#define BOXES_DIR     "boxes"
-#define LOOP_CONTROL  "/dev/loop-control"
-#define READ_CHUNK    65536
-#define POLL_EXIT_MS  50 /* without pidfd: how often a command's exit is looked for */
-#define LOOP_ATTEMPTS 8  /* another process may take the free loop device first */
+#define DISK_IMAGE           "disk.img"
+#define DISK_MOUNT           "mnt"
+#define RESOLV_FILE          "resolv.conf"
+#define CA_BUNDLE            "ca-bundle.pem"
+#define BOXES_DIR            "boxes"
+#define LOOP_CONTROL         "/dev/loop-control"
+#define READ_CHUNK           65536
+#define POLL_EXIT_MS         50 /* without pidfd: how often a command's exit is looked for */
+#define LOOP_ATTEMPTS        8  /* another process may take the free loop device first */
+#define DISK_TEMPLATE_PREFIX ".disk-template-" /* + <bytes>.img, in disk_cache_dir */
+#define DISK_TEMPLATES_MAX   4                 /* sizes kept; the least recently used goes first */
+#define COPY_CHUNK           (1u << 20)
 
 static const char *const mkfs_paths[] = {"/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"};
 
@@ -79,18 +83,35 @@ void box_runtime_env_free(struct box_runtime_env *e)
 
 /* ---- small file helpers ---------------------------------------------------------------------- */
 
-/* Replaces path with data atomically, mode 0644: the sandbox's unprivileged user reads it
- * through a read-only bind. 0, or -1 with a message in err. */
+/* Replaces path with data atomically (a temporary file renamed over it), mode 0644: the
+ * sandbox's unprivileged user reads it through a read-only bind. Not fsync'd, unlike
+ * util.h's write_file_atomic: these files (resolv.conf, the CA bundle) are derived and
+ * written again at every start, so a crash can only lose a copy that is remade anyway, and
+ * the two fsyncs cost milliseconds on every sandbox start. 0, or -1 with a message in err. */
 static int write_public_file(const char *path, const void *data, size_t len, char *err,
                              size_t errlen)
 {
-    char *msg = NULL;
-    if (write_file_atomic(path, data, len, true, &msg) == -1 || chmod(path, 0644) == -1) {
-        snprintf(err, errlen, "cannot write %s: %s", path, msg != NULL ? msg : strerror(errno));
-        free(msg);
-        return -1;
+    char *tmp = xasprintf("%s.tmp.XXXXXX", path);
+    int fd = mkostemp(tmp, O_CLOEXEC), rc = -1;
+    if (fd == -1) {
+        snprintf(err, errlen, "cannot write %s: %s", path, strerror(errno));
+        goto out;
     }
-    return 0;
+    bool ok = write_all(fd, data, len) == 0 && fchmod(fd, 0644) == 0;
+    int e = errno;
+    if (close(fd) == -1 && ok)
+        ok = false, e = errno;
+    if (ok && rename(tmp, path) == -1)
+        ok = false, e = errno;
+    if (!ok) {
+        snprintf(err, errlen, "cannot write %s: %s", path, strerror(e));
+        (void)unlink(tmp);
+        goto out;
+    }
+    rc = 0;
+out:
+    free(tmp);
+    return rc;
 }
 
 int box_runtime_write_ca_bundle(const char *path, const char *state_dir, char *err, size_t errlen)
@@ -234,6 +255,134 @@ out:
         close(fd);
     if (rc != 0)
         (void)unlink(tmp);
+    free(tmp);
+    return rc;
+}
+
+/* Copies src, a sparse file, to a new file dst (created 0600; it must not exist) of the same
+ * size, writing only src's data extents and fsyncing dst: a fresh ext4 image of 1 GiB holds
+ * well under a MiB of data, so the copy is far cheaper than running mkfs.ext4 again. 0, or -1
+ * with a message; a failed copy leaves no dst. */
+static int copy_sparse(const char *src, const char *dst, char *err, size_t errlen)
+{
+    int in = -1, out = -1, rc = -1;
+    char *buf = NULL;
+    struct stat st;
+
+    in = open(src, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (in == -1 || fstat(in, &st) == -1) {
+        snprintf(err, errlen, "cannot read %s: %s", src, strerror(errno));
+        goto out;
+    }
+    out = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (out == -1 || ftruncate(out, st.st_size) == -1) {
+        snprintf(err, errlen, "cannot create %s: %s", dst, strerror(errno));
+        goto out;
+    }
+    buf = xmalloc(COPY_CHUNK);
+    for (off_t pos = 0; pos < st.st_size;) {
+        off_t data = lseek(in, pos, SEEK_DATA);
+        if (data == -1 && errno == ENXIO)
+            break;      /* only a hole is left */
+        if (data == -1) /* no SEEK_DATA here: everything counts as data */
+            data = pos;
+        off_t hole = lseek(in, data, SEEK_HOLE);
+        if (hole == -1)
+            hole = st.st_size;
+        for (pos = data; pos < hole;) {
+            size_t want = (size_t)(hole - pos) < COPY_CHUNK ? (size_t)(hole - pos) : COPY_CHUNK;
+            ssize_t n = pread(in, buf, want, pos);
+            if (n <= 0 || pwrite(out, buf, (size_t)n, pos) != n) {
+                snprintf(err, errlen, "cannot copy %s to %s: %s", src, dst,
+                         n == 0 ? "short read" : strerror(errno));
+                goto out;
+            }
+            pos += n;
+        }
+    }
+    if (fsync(out) == -1) {
+        snprintf(err, errlen, "cannot write %s: %s", dst, strerror(errno));
+        goto out;
+    }
+    rc = 0;
+out:
+    free(buf);
+    if (in != -1)
+        close(in);
+    if (out != -1) {
+        close(out);
+        if (rc == -1)
+            (void)unlink(dst);
+    }
+    return rc;
+}
+
+/* Keeps at most DISK_TEMPLATES_MAX - 1 templates in dir (room for one more), removing the
+ * least recently used (templates are touched at each use). Best effort. */
+static void disk_templates_trim(const char *dir)
+{
+    for (;;) {
+        DIR *d = opendir(dir);
+        struct dirent *e;
+        char *oldest = NULL;
+        struct timespec t_old = {0, 0};
+        int n = 0;
+        if (d == NULL)
+            return;
+        while ((e = readdir(d)) != NULL) {
+            struct stat st;
+            if (strncmp(e->d_name, DISK_TEMPLATE_PREFIX, strlen(DISK_TEMPLATE_PREFIX)) != 0 ||
+                fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == -1 ||
+                !S_ISREG(st.st_mode))
+                continue;
+            n++;
+            if (oldest == NULL || st.st_mtim.tv_sec < t_old.tv_sec ||
+                (st.st_mtim.tv_sec == t_old.tv_sec && st.st_mtim.tv_nsec < t_old.tv_nsec)) {
+                free(oldest);
+                oldest = xasprintf("%s/%s", dir, e->d_name);
+                t_old = st.st_mtim;
+            }
+        }
+        closedir(d);
+        bool again = n >= DISK_TEMPLATES_MAX && oldest != NULL && unlink(oldest) == 0;
+        free(oldest);
+        if (!again)
+            return;
+    }
+}
+
+/* Makes image a copy of the pristine filesystem of its size kept in cache_dir, making that
+ * template first (mkfs.ext4, once per size) when there is none. Copies share the template's
+ * filesystem UUID, which ext4 and loop devices do not mind. An existing image is kept. 0, or
+ * -1 with a message; a failed attempt leaves no image. */
+static int disk_from_template(const char *cache_dir, const char *image, uint64_t bytes, char *err,
+                              size_t errlen)
+{
+    struct stat st;
+    char *tpl = NULL, *tmp = NULL;
+    int rc = -1;
+
+    if (stat(image, &st) == 0)
+        return 0;
+    tpl = xasprintf("%s/" DISK_TEMPLATE_PREFIX "%llu.img", cache_dir, (unsigned long long)bytes);
+    if (stat(tpl, &st) == -1) {
+        disk_templates_trim(cache_dir);
+        if (disk_ensure(tpl, bytes, err, errlen) == -1)
+            goto out;
+    }
+    tmp = xasprintf("%s.new", image);
+    (void)unlink(tmp); /* a crash while making it */
+    if (copy_sparse(tpl, tmp, err, errlen) == -1)
+        goto out;
+    if (rename(tmp, image) == -1) {
+        snprintf(err, errlen, "cannot rename %s: %s", tmp, strerror(errno));
+        (void)unlink(tmp);
+        goto out;
+    }
+    (void)utimensat(AT_FDCWD, tpl, NULL, 0); /* most recently used */
+    rc = 0;
+out:
+    free(tpl);
     free(tmp);
     return rc;
 }
@@ -431,7 +580,9 @@ static int host_prepare_files(struct box_host *h, const struct box_host_config *
     image = xasprintf("%s/%s", c->dir, DISK_IMAGE);
     h->mnt = xasprintf("%s/%s", c->dir, DISK_MOUNT);
     uint64_t bytes = c->disk_bytes < BOX_RUNTIME_DISK_MIN ? BOX_RUNTIME_DISK_MIN : c->disk_bytes;
-    if (disk_ensure(image, bytes, err, errlen) == -1)
+    if ((c->disk_cache_dir != NULL
+             ? disk_from_template(c->disk_cache_dir, image, bytes, err, errlen)
+             : disk_ensure(image, bytes, err, errlen)) == -1)
         goto out;
     if (mkdir(h->mnt, 0700) == -1 && errno != EEXIST) {
         snprintf(err, errlen, "cannot create %s: %s", h->mnt, strerror(errno));
@@ -957,6 +1108,7 @@ int box_runtime_start(struct box_runtime *rt, const char *ws_id, const char *box
                    .mem_bytes = (uint64_t)lim->mem_bytes,
                    .pids_max = BOX_RUNTIME_PIDS_MAX},
         .disk_bytes = rt->disk ? (fs > 0 ? fs : BOX_RUNTIME_DISK_DEFAULT) : 0,
+        .disk_cache_dir = rt->boxes_dir,
         .fs_capacity_bytes = fs,
         .ca_bundle = rt->ca_bundle,
         .hidden = rt->hidden,

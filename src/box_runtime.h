@@ -6,7 +6,8 @@
  *   - a cgroup with the box's CPU, memory and pids limits (cgroup);
  *   - files in a host directory of its own: resolv.conf naming the proxy's resolver, and the
  *     sandbox's writable space. With a disk size, that space is an ext4 image <dir>/disk.img of
- *     exactly fs_capacity_bytes (sparse, made once with mkfs.ext4, loop-mounted at <dir>/mnt
+ *     exactly fs_capacity_bytes (sparse; made once per box as a copy of a pristine image of
+ *     that size, which mkfs.ext4 made once and <state_dir>/boxes keeps; loop-mounted at <dir>/mnt
  *     while the runtime runs) holding /workspace and /tmp: both persist across commands and
  *     across stops, and a box can never write more than its capacity (ext4's own metadata takes
  *     a few percent of it). Without one (sandbox run, or a host without loop devices or
@@ -100,6 +101,9 @@ struct box_host_config {
     struct cgroup_tree *cgroups;
     struct cgroup_limits limits;
     uint64_t disk_bytes;        /* > 0: the ext4 disk image (see the top); 0: plain directory */
+    const char *disk_cache_dir; /* where a pristine image per size is kept and new disks are
+                                   copied from (a copy costs far less than mkfs.ext4); NULL:
+                                   mkfs.ext4 for every new disk */
     uint64_t fs_capacity_bytes; /* size of /dev/shm and of a fresh /tmp; 0: jail's default */
     const char *ca_bundle;      /* host path of the CA bundle, bound read-only */
     const char *const *hidden;  /* NULL-terminated host paths hidden from commands (state dir,

@@ -731,9 +731,11 @@ static void *create_thread(void *arg)
         goto fail;
     }
     job->made_link = true;
+    /* The host end gets its address here (it reserves the /30 for the allocator) but comes up
+     * in netns_create, after its IPv6 is off: turning IPv6 off on an interface that is up
+     * tears down its link-local address and routes, which costs milliseconds. */
     int host_idx = nl_ifindex(host_nl, h->host_ifname);
-    if (host_idx == 0 || nl_addr_add(host_nl, host_idx, h->host_addr, h->prefix_len) == -1 ||
-        nl_link_up(host_nl, host_idx) == -1) {
+    if (host_idx == 0 || nl_addr_add(host_nl, host_idx, h->host_addr, h->prefix_len) == -1) {
         log_error("netns: configuring %s: %s", h->host_ifname, strerror(errno));
         goto fail;
     }
@@ -778,6 +780,21 @@ static size_t make_short(const char *id, char *out, size_t max)
     }
     out[n] = '\0';
     return n;
+}
+
+/* Sets the host link name up, from the calling thread's (host) namespace. 0, or -1 with errno. */
+static int host_link_up(const char *name)
+{
+    int nl = nl_open(), rc = -1;
+    if (nl == -1)
+        return -1;
+    int idx = nl_ifindex(nl, name); /* 0 with errno ENODEV */
+    if (idx != 0)
+        rc = nl_link_up(nl, idx);
+    int e = errno;
+    close(nl);
+    errno = e;
+    return rc;
 }
 
 /* Removes h's host link, host table and namespace mount, each only when its flag is set (a
@@ -853,18 +870,25 @@ struct netns_handle *netns_create(struct netns_pool *pool, const char *sandbox_i
         teardown(h, job.made_link, false, job.made_mount);
         goto fail;
     }
+    /* The host end needs no IPv6 either (no router solicitations towards the sandbox); off
+     * while it is still down, then up. */
+    char *sysctl = xasprintf("/proc/sys/net/ipv6/conf/%s/disable_ipv6", h->host_ifname);
+    if (write_sysctl(sysctl, "1", true) == -1)
+        log_warn("netns: IPv6 stays enabled on %s (the host table drops it anyway)",
+                 h->host_ifname);
+    free(sysctl);
+    if (host_link_up(h->host_ifname) == -1) {
+        err = errno;
+        log_error("netns: bringing %s up: %s", h->host_ifname, strerror(errno));
+        teardown(h, true, false, true);
+        goto fail;
+    }
     rules = host_ruleset(h);
     if (nft_run(rules, NULL, false) == -1) {
         err = EIO;
         teardown(h, true, true, true);
         goto fail;
     }
-    /* The host end needs no IPv6 either (no router solicitations towards the sandbox). */
-    char *sysctl = xasprintf("/proc/sys/net/ipv6/conf/%s/disable_ipv6", h->host_ifname);
-    if (write_sysctl(sysctl, "1", true) == -1)
-        log_warn("netns: IPv6 stays enabled on %s (the host table drops it anyway)",
-                 h->host_ifname);
-    free(sysctl);
     free(rules);
     char sb[INET_ADDRSTRLEN];
     inet_ntop(AF_INET, &h->sandbox_addr, sb, sizeof(sb));

@@ -12,6 +12,7 @@
 
 #include <cmocka.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -351,6 +352,84 @@ static void test_idle_stop_keeps_files_and_remove_deletes_them(void **state)
     free(dir);
 }
 
+/* The ext4 UUID of an image (superblock at 1024, s_uuid at offset 0x68), as hex. */
+static void image_uuid(const char *path, char out[33])
+{
+    unsigned char u[16];
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    assert_true(fd != -1);
+    assert_int_equal(pread(fd, u, sizeof(u), 1024 + 0x68), (ssize_t)sizeof(u));
+    close(fd);
+    for (size_t i = 0; i < sizeof(u); i++)
+        snprintf(out + 2 * i, 3, "%02x", u[i]);
+}
+
+static void test_disks_are_copies_of_one_template_per_size_and_independent(void **state)
+{
+    struct fixture *fx = *state;
+    /* Distinct in their first characters: those name the namespaces (netns.h). */
+    const char *a = "1e1b2c3d-0000-4000-8000-00000000000e";
+    const char *b = "1f1b2c3d-0000-4000-8000-00000000000f";
+    char err[512] = "", ua[33], ub[33], ut[33];
+    struct box_runtime_limits lim = {.name = "tpl", .fs_capacity_bytes = 20 << 20};
+    assert_int_equal(box_runtime_start(fx->rt, "ws", a, &lim, err, sizeof(err)), 0);
+    assert_int_equal(box_runtime_start(fx->rt, "ws", b, &lim, err, sizeof(err)), 0);
+    /* Both disks came from the one template of that size (mkfs.ext4 would have given each a
+     * fresh UUID), and the template is nothing a box can reach: it lives in the state dir. */
+    char *tpl = xasprintf("%s/boxes/.disk-template-%llu.img", fx->state, 20ull << 20);
+    char *ia = xasprintf("%s/boxes/%s/disk.img", fx->state, a);
+    char *ib = xasprintf("%s/boxes/%s/disk.img", fx->state, b);
+    image_uuid(tpl, ut);
+    image_uuid(ia, ua);
+    image_uuid(ib, ub);
+    assert_string_equal(ua, ut);
+    assert_string_equal(ub, ut);
+    struct stat st;
+    assert_int_equal(stat(ia, &st), 0);
+    assert_int_equal(st.st_size, 20 << 20);
+    assert_true(st.st_blocks * 512 < (8 << 20)); /* still sparse */
+    /* Yet each is its own filesystem: what one box writes the other never sees, and each is
+     * still capped at its size. */
+    struct done_log w = {0}, r = {0};
+    assert_int_equal(exec_sh(fx, a,
+                             "echo mine > /workspace/f; "
+                             "dd if=/dev/zero of=/workspace/big bs=1M count=40 2>/dev/null; "
+                             "echo rc=$?",
+                             0, &w),
+                     0);
+    loop_until(fx, &w.calls, 1, 20000);
+    assert_string_equal(w.out, "rc=1\n");
+    assert_int_equal(exec_sh(fx, b,
+                             "cat /workspace/f 2>&1 || echo absent; df -k /workspace | "
+                             "awk 'NR == 2 {print ($4 > 10000) ? \"room\" : \"full\"}'",
+                             0, &r),
+                     0);
+    loop_until(fx, &r.calls, 1, 20000);
+    assert_non_null(strstr(r.out, "absent\nroom\n"));
+    box_runtime_remove(fx->rt, a);
+    box_runtime_remove(fx->rt, b);
+    /* At most DISK_TEMPLATES_MAX (4) sizes are kept: a fifth size evicts the least used. */
+    for (int i = 0; i < 5; i++) {
+        char id[64];
+        snprintf(id, sizeof(id), "0a1b2c3d-0000-4000-8000-0000000001%02d", i);
+        struct box_runtime_limits li = {.name = "tpl", .fs_capacity_bytes = (17 + i) << 20};
+        assert_int_equal(box_runtime_start(fx->rt, "ws", id, &li, err, sizeof(err)), 0);
+        box_runtime_remove(fx->rt, id);
+    }
+    char *dir = xasprintf("%s/boxes", fx->state);
+    DIR *d = opendir(dir);
+    int n = 0;
+    for (struct dirent *e; d != NULL && (e = readdir(d)) != NULL;)
+        n += strncmp(e->d_name, ".disk-template-", 15) == 0;
+    if (d != NULL)
+        closedir(d);
+    assert_int_equal(n, 4);
+    free(dir);
+    free(tpl);
+    free(ia);
+    free(ib);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -363,6 +442,7 @@ int main(void)
         cmocka_unit_test(test_timeout_and_output_cap),
         cmocka_unit_test(test_stop_ends_running_commands_and_caps_concurrency),
         cmocka_unit_test(test_idle_stop_keeps_files_and_remove_deletes_them),
+        cmocka_unit_test(test_disks_are_copies_of_one_template_per_size_and_independent),
     };
     int failed = cmocka_run_group_tests_name("box_runtime", tests, NULL, NULL);
     if (geteuid() != 0) {
