@@ -464,3 +464,52 @@ def test_sdk_sandbox_run_executes_in_the_box(ctl, env, sdk_dir):
                                            "env": {"X": "from-sdk"},
                                            "expect": {"stdout": "from-sdk\n", "exit_code": 0}})
     assert res["request"]["env"] == {"X": "from-sdk"}
+
+
+# -- limits: OOM and pids, seen from the box's cgroup (issue 4's list of tests) ------------------
+
+def oom_kills(d, box_id):
+    """The kernel's OOM-kill count of the box's memory cgroup (v1 memory.oom_control, v2
+    memory.events)."""
+    prefix, _ = prefixes(d)
+    for path in (os.path.join("/sys/fs/cgroup/memory", prefix, box_id, "memory.oom_control"),
+                 os.path.join("/sys/fs/cgroup", prefix, box_id, "memory.events")):
+        if os.path.exists(path):
+            with open(path) as f:
+                for line in f:
+                    if line.startswith("oom_kill "):
+                        return int(line.split()[1])
+    raise AssertionError("no OOM counter for box %s" % box_id)
+
+
+def test_memory_limit_triggers_an_oom_kill_of_the_boxs_cgroup(env):
+    box = env.box("oom-box", mem_bytes=64 << 20)
+    before = oom_kills(env.d, box["id"])
+    res = env.ok_run(box, "/usr/bin/python3 -c 'x = bytearray(400 << 20); print(\"survived\")'")
+    assert res["exit_code"] == 128 + 9 and "survived" not in res["stdout"], res
+    assert oom_kills(env.d, box["id"]) > before, "the kill was not the cgroup's OOM killer"
+    res = env.ok_run(box, "/usr/bin/python3 -c 'x = bytearray(16 << 20); print(\"fits\")'")
+    assert res["stdout"] == "fits\n", res
+
+
+def test_pids_limit_stops_a_fork_bomb_and_the_box_lives_on(env):
+    box = env.box("bomb-box")
+    script = ("import os, time\n"
+              "n = 0\n"
+              "try:\n"
+              "    while n < 5000:\n"
+              "        if os.fork() == 0:\n"
+              "            time.sleep(60); os._exit(0)\n"
+              "        n += 1\n"
+              "except OSError as e:\n"
+              "    print('forked', n, 'refused', e.errno)\n")
+    res = env.ok_run(box, "/usr/bin/python3 -c \"$S\"", env={"S": script}, timeout=60)
+    words = res["stdout"].split()
+    assert words[:1] == ["forked"] and 100 < int(words[1]) < 512 and words[3] == "11", res
+    res = env.ok_run(box, "bomb6053() { bomb6053 | bomb6053 & }; bomb6053; sleep 3; echo done",
+                     timeout=6)
+    assert res["exit_code"] in (0, 124), res
+    time.sleep(0.5)
+    assert subprocess.run(["pgrep", "-f", "bomb6053"], capture_output=True,
+                          text=True).stdout.split() == [], "fork bomb processes survived"
+    assert env.ok_run(box, "echo alive")["stdout"] == "alive\n"

@@ -182,3 +182,198 @@ def test_git_clone_inside_the_sandbox_gets_the_credential(stack, tmp_path, git_r
     reqs = origin.snapshot()
     assert reqs and all(r.values("Authorization") == ["Bearer " + token] for r in reqs)
     assert token.encode() not in p.stdout + p.stderr
+
+
+# -- limits, UDP, straight-to-IP, leaks (issue 4's list of tests) -------------------------------
+
+import socket  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+
+def test_memory_limit_triggers_an_oom_kill(stack, tmp_path):
+    # 400 MiB touched under a 64 MiB limit: the cgroup's OOM killer ends it (SIGKILL), and the
+    # run says it was the memory limit (the cgroup counted an OOM kill), not some other signal.
+    p = run_sandbox(stack, tmp_path, ["/usr/bin/python3", "-c",
+                                      "x = bytearray(400 << 20); print('survived', len(x))"],
+                    extra=["--mem-bytes", str(64 << 20)])
+    assert p.returncode == 128 + 9, (p.returncode, p.stderr.decode()[-2000:])
+    assert b"survived" not in p.stdout
+    assert b"ran out of memory" in p.stderr, p.stderr.decode()[-2000:]
+    # The same command with room for it runs: the kill above was the limit, not the command.
+    p = run_sandbox(stack, tmp_path, ["/usr/bin/python3", "-c",
+                                      "x = bytearray(16 << 20); print('survived', len(x))"],
+                    extra=["--mem-bytes", str(256 << 20)])
+    assert p.returncode == 0 and p.stdout == b"survived 16777216\n", p.stderr.decode()[-2000:]
+
+
+FORK_UNTIL_REFUSED = """
+import os, signal, time
+n = 0
+err = None
+try:
+    while n < 5000:
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(60)
+            os._exit(0)
+        n += 1
+except OSError as e:
+    err = e.errno
+print("forked", n, "refused", err, flush=True)
+"""
+
+
+def test_pids_limit_stops_a_fork_bomb(stack, tmp_path):
+    # Forking until the kernel says no: the sandbox's pids limit (512 tasks, box_runtime.h)
+    # refuses with EAGAIN long before 5000, and the sleeping children die with the sandbox.
+    p = run_sandbox(stack, tmp_path, ["/usr/bin/python3", "-c", FORK_UNTIL_REFUSED], timeout=60)
+    out = p.stdout.decode()
+    assert p.returncode == 0, (out, p.stderr.decode()[-2000:])
+    words = out.split()
+    assert words[0] == "forked" and words[2] == "refused", out
+    assert 100 < int(words[1]) < 512, out
+    assert words[3] == "11", out  # EAGAIN: the pids controller's refusal
+    # A real shell fork bomb ends (timeout) and leaves the host's process table as it was.
+    bomb = "bomb6047() { bomb6047 | bomb6047 & }; bomb6047; sleep 5; echo done"
+    t0 = time.monotonic()
+    p = run_sandbox(stack, tmp_path, ["/bin/bash", "-c", bomb], timeout=8)
+    assert time.monotonic() - t0 < 60
+    time.sleep(0.5)
+    left = subprocess.run(["pgrep", "-f", "bomb6047"], capture_output=True, text=True).stdout.split()
+    assert left == [], "fork bomb processes survived the sandbox: %s" % left
+
+
+UDP_PROBE = r"""
+import random, socket, struct, sys
+port = int(sys.argv[1])
+gw = [l.split()[1] for l in open('/etc/resolv.conf') if l.startswith('nameserver')][0]
+
+def query(name):
+    q = struct.pack('>HHHHHH', random.randrange(65536), 0x0100, 1, 0, 0, 0)
+    for label in name.split('.'):
+        q += bytes([len(label)]) + label.encode()
+    return q + b'\x00' + struct.pack('>HH', 1, 1)
+
+def send(addr, data):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(1.5)
+    try:
+        s.sendto(data, addr)
+        return 'reply %d bytes' % len(s.recv(2048))
+    except socket.timeout:
+        return 'no reply'
+    except OSError as e:
+        return 'error %s' % e.errno
+    finally:
+        s.close()
+
+print('dns', send(('198.51.100.53', 53), query('fine.example.test')))
+print('gateway', send((gw, port), b'probe-gateway'))
+print('public', send(('203.0.113.9', port), b'probe-public'))
+print('public443', send(('203.0.113.9', 443), b'probe-quic'))
+"""
+
+
+def test_udp_to_anything_but_the_sandbox_resolver_is_dropped(stack, tmp_path):
+    stack.dns.add_a("fine.example.test", "203.0.113.67")
+    # A UDP listener on every host address: a datagram from the sandbox that got through to the
+    # host (its veth's host end, or routed anywhere) would land here.
+    lst = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    lst.bind(("0.0.0.0", 0))
+    lst.settimeout(0.2)
+    port = lst.getsockname()[1]
+    got = []
+
+    def listen():
+        while not stop.is_set():
+            try:
+                got.append(lst.recvfrom(2048))
+            except socket.timeout:
+                pass
+
+    stop = threading.Event()
+    t = threading.Thread(target=listen, daemon=True)
+    t.start()
+    try:
+        p = run_sandbox(stack, tmp_path, ["/usr/bin/python3", "-c", UDP_PROBE, str(port)])
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        t.join(2)
+        lst.close()
+    out = p.stdout.decode()
+    assert p.returncode == 0, (out, p.stderr.decode()[-2000:])
+    # UDP to port 53 of any address is the sandbox's resolver: it answers (the positive control).
+    assert "dns reply" in out, out
+    assert stack.dns.queried("fine.example.test")
+    for probe in ("gateway", "public", "public443"):
+        assert "%s no reply" % probe in out or "%s error" % probe in out, out
+    assert got == [], "UDP from the sandbox reached the host: %r" % got
+
+
+def test_connecting_straight_to_an_ip_the_policy_refuses_fails(stack, tmp_path):
+    # Two addresses a sandbox dials by IP, no name involved; dns_remap sends both to local
+    # origins, so an allowed connection really arrives and a refused one would be seen.
+    allowed = stack.plain_origin("198.51.100.21")
+    refused = stack.plain_origin("198.51.100.20")
+    refused_tls = stack.tls_origin("198.51.100.22")
+    ac = {"deny_list": ["198.51.100.20", "198.51.100.22"]}
+    script = ("for u in http://198.51.100.21/ok http://198.51.100.20/no https://198.51.100.22/no; do "
+              "  code=$(curl -sk -m 5 --noproxy '*' -o /dev/null -w '%{http_code}' $u); "
+              "  echo \"$u $? $code\"; "
+              "done")
+    p = run_sandbox(stack, tmp_path, ["/bin/bash", "-c", script], access_control=ac)
+    out = p.stdout.decode()
+    assert p.returncode == 0, (out, p.stderr.decode()[-2000:])
+    lines = dict(line.split(" ", 1) for line in out.splitlines())
+    assert lines["http://198.51.100.21/ok"] == "0 200", out  # the positive control
+    assert [r.path for r in allowed.snapshot()] == ["/ok"]
+    assert lines["http://198.51.100.20/no"] in ("0 403", "52 000", "56 000", "7 000"), out
+    assert not lines["https://198.51.100.22/no"].endswith(" 200"), out
+    assert refused.snapshot() == [] and refused.accepts == 0
+    assert refused_tls.snapshot() == [] and refused_tls.accepts == 0
+    # A raw TCP connection (neither TLS nor HTTP) to the refused address gets nothing either.
+    script = ("import socket\n"
+              "s = socket.create_connection(('198.51.100.20', 80), timeout=5)\n"
+              "s.sendall(b'\\x00\\x01hello')\n"
+              "print('got', s.recv(10))\n")
+    p = run_sandbox(stack, tmp_path, ["/usr/bin/python3", "-c", script], access_control=ac)
+    assert b"got b''" in p.stdout or p.returncode != 0, p.stdout
+    assert refused.accepts == 0
+
+
+def host_objects():
+    """`sandbox run`'s objects on the host (its default names: netns.h, cgroup "authproxy")."""
+    ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    objs = {("netns", l.split()[0]) for l in ns.splitlines() if l.startswith("authproxy-")}
+    objs |= {("link", l.split(":")[1].strip().split("@")[0]) for l in links.splitlines()
+             if l.split(":")[1].strip().startswith("ap-")}
+    objs |= {("nft", l.split()[-1]) for l in tables.splitlines()
+             if l.split()[-1].startswith("authproxy_")}
+    for ctl in ("pids", "memory", "cpu", ""):
+        base = os.path.join("/sys/fs/cgroup", ctl, "authproxy")
+        if os.path.isdir(base):
+            objs |= {("cgroup", ctl + "/" + e) for e in os.listdir(base)
+                     if os.path.isdir(os.path.join(base, e))}
+    return objs
+
+
+def test_twenty_sandboxes_leave_no_netns_link_nft_table_or_cgroup(stack, tmp_path):
+    before = host_objects()
+    seen = set()
+    script = "cat /etc/hostname >/dev/null; echo up"
+    for i in range(20):
+        p = run_sandbox(stack, tmp_path, ["/bin/sh", "-c", script])
+        assert p.returncode == 0 and p.stdout == b"up\n", p.stderr.decode()[-2000:]
+        seen |= host_objects() - before
+    # Other processes on the host may run their own sandboxes meanwhile (same default names):
+    # what counts is that nothing new stays. Theirs are gone within seconds; a leak never is.
+    deadline = time.monotonic() + 10
+    left = host_objects() - before
+    while left and time.monotonic() < deadline:
+        time.sleep(0.5)
+        left = host_objects() - before
+    assert left == set(), "left behind: %s" % sorted(left)
