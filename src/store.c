@@ -475,6 +475,21 @@ int store_secret_list(struct store *st, const char *ws_id, struct store_secret_l
     return st->ops->secret_list(st, ws_id, out);
 }
 
+void store_secret_version_of(const char *sealed, const char *hosts_json,
+                             uint8_t out[STORE_HASH_LEN])
+{
+    /* The NUL after the sealed text (base64, never holds one) separates the two fields; an
+     * omitted binding hashes differently from every JSON text (which cannot start with 0x01). */
+    static const char omitted[] = "\x01";
+    const char *hosts = hosts_json != NULL ? hosts_json : omitted;
+    size_t ls = strlen(sealed) + 1, lh = strlen(hosts);
+    unsigned char *buf = xmalloc(ls + lh);
+    memcpy(buf, sealed, ls);
+    memcpy(buf + ls, hosts, lh);
+    SHA256(buf, ls + lh, out);
+    free(buf);
+}
+
 int store_secret_get_sealed(struct store *st, const char *ws_id, const char *name, char **sealed,
                             struct store_secret *out)
 {
@@ -613,6 +628,13 @@ int store_box_list(struct store *st, const char *ws_id, struct store_box_list *o
     if (!valid_id(ws_id))
         return STORE_NOT_FOUND;
     return st->ops->box_list(st, ws_id, out);
+}
+
+int store_box_list_heads(struct store *st, const char *ws_id, struct store_box_list *out)
+{
+    if (!valid_id(ws_id))
+        return STORE_NOT_FOUND;
+    return st->ops->box_heads(st, ws_id, out);
 }
 
 int store_box_update(struct store *st, const char *ws_id, const struct store_box *box)

@@ -165,6 +165,11 @@ struct store_secret {
     char *hosts_json; /* the JSON array stored for `configs`, or NULL when omitted */
     char *key_id;     /* id of the key the value is sealed under (operators, rotation) */
     int64_t created_at, updated_at;
+    /* Identifies the stored value and binding: SHA-256 over the sealed value and hosts_json
+     * (store_secret_version_of). Every put that gives a value changes it (each seal draws a
+     * fresh nonce), as do a new binding and a re-seal; nothing else does. The daemon keys its
+     * compiled policies by it, so it never needs the plaintext to see that nothing changed. */
+    uint8_t version[STORE_HASH_LEN];
 };
 
 struct store_secret_list {
@@ -178,7 +183,8 @@ struct store_secret_list {
  * decides defaults. *created (may be NULL) says whether the secret is new. */
 int store_secret_put(struct store *st, const char *ws_id, const char *name, const char *value,
                      const char *hosts_json, bool *created);
-/* Names, hosts and times of every secret of the workspace, sorted by name. Never values. */
+/* Names, hosts, times and versions of every secret of the workspace, sorted by name. Never
+ * values. */
 int store_secret_list(struct store *st, const char *ws_id, struct store_secret_list *out);
 /* The sealed value (*sealed heap, free(); NULL to skip) and metadata (out may be NULL). */
 int store_secret_get_sealed(struct store *st, const char *ws_id, const char *name, char **sealed,
@@ -223,6 +229,10 @@ int store_box_get(struct store *st, const char *ws_id, const char *name, struct 
 int store_box_get_by_id(struct store *st, const char *ws_id, const char *id, struct store_box *out);
 /* Every box of the workspace, sorted by name. */
 int store_box_list(struct store *st, const char *ws_id, struct store_box_list *out);
+/* Every box of the workspace, sorted by id, with only id, name, revision and proxy_token_hash
+ * filled (the rest NULL/0): what the daemon needs to see which boxes changed since it last
+ * compiled them, without reading every document on each write. */
+int store_box_list_heads(struct store *st, const char *ws_id, struct store_box_list *out);
 /* Replaces the mutable fields (name, status, template_name, image, proxy_config, env_vars,
  * resources, TTLs) of box->id. When box->revision != 0 it must equal the stored revision
  * (read-modify-write without lost updates), else STORE_CONFLICT. STORE_EXISTS on a rename to
@@ -322,6 +332,7 @@ struct store_ops {
     int (*box_get)(struct store *st, const char *ws_id, const char *name, const char *id,
                    struct store_box *out); /* exactly one of name / id */
     int (*box_list)(struct store *st, const char *ws_id, struct store_box_list *out);
+    int (*box_heads)(struct store *st, const char *ws_id, struct store_box_list *out);
     int (*box_update)(struct store *st, const char *ws_id, const struct store_box *box);
     int (*box_delete)(struct store *st, const char *ws_id, const char *name, int64_t now);
     int (*box_by_token)(struct store *st, const uint8_t token_hash[STORE_HASH_LEN], char **ws_id,
@@ -338,6 +349,11 @@ struct store_ops {
      * something was replaced. */
     int (*rewrite_sealed)(struct store *st, store_rewrite_fn fn, void *ctx);
 };
+
+/* The version of a stored secret (struct store_secret.version) from its sealed text and its
+ * hosts JSON (NULL: omitted); backends fill version with it wherever they return a secret. */
+void store_secret_version_of(const char *sealed, const char *hosts_json,
+                             uint8_t out[STORE_HASH_LEN]);
 
 /* The common part of every backend's handle; backends embed it as their first member. */
 struct store {

@@ -5,8 +5,9 @@
  * so every acknowledged write survives kill -9 and power loss; readers in other processes (a CLI
  * command beside the daemon) never block the writer. busy_timeout makes a second process wait
  * for the write lock instead of failing. secure_delete overwrites freed pages, so deleted or
- * re-sealed values do not linger in the file. Statements are prepared per call: the control
- * plane's rate does not need a statement cache. */
+ * re-sealed values do not linger in the file. Prepared statements are cached per handle (SQL
+ * parsing was a tenth of a PATCH's CPU): a statement is reset and its bindings cleared as soon
+ * as its caller is done, so a cached one never holds a read transaction open. */
 #include "store.h"
 
 #include <errno.h>
@@ -22,11 +23,21 @@
 #include "util.h"
 
 #define BUSY_TIMEOUT_MS 5000
+#define STMT_CACHE_MAX  64 /* more than the distinct statements below */
+
+/* A prepared statement kept for reuse; in_use while a caller holds it (a statement needed
+ * again meanwhile, e.g. nested, gets a fresh uncached one). */
+struct cached_stmt {
+    sqlite3_stmt *stmt;
+    bool in_use;
+};
 
 struct store_sqlite {
     struct store base; /* first: a struct store * is a struct store_sqlite * */
     sqlite3 *db;
-    pthread_mutex_t mu;
+    pthread_mutex_t mu; /* guards db and the statement cache */
+    struct cached_stmt cache[STMT_CACHE_MAX];
+    size_t n_cache;
 };
 
 /* Migration i (0-based) moves the schema from version i to i + 1. Append only: never edit a
@@ -116,15 +127,44 @@ static int map_rc(struct store_sqlite *s, int rc, const char *what)
     }
 }
 
+/* The statement for sql (one statement), from the cache when a free one is there; the caller
+ * hands it back with release(). Under s->mu. */
 static int prepare(struct store_sqlite *s, const char *sql, sqlite3_stmt **stmt)
 {
-    int rc = sqlite3_prepare_v2(s->db, sql, -1, stmt, NULL);
+    for (size_t i = 0; i < s->n_cache; i++) {
+        struct cached_stmt *c = &s->cache[i];
+        if (!c->in_use && strcmp(sqlite3_sql(c->stmt), sql) == 0) {
+            c->in_use = true;
+            *stmt = c->stmt;
+            return STORE_OK;
+        }
+    }
+    int rc = sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, stmt, NULL);
     if (rc != SQLITE_OK) {
         log_error("store: sqlite: cannot prepare a statement: %s", sqlite3_errmsg(s->db));
         *stmt = NULL;
         return STORE_ERR;
     }
+    if (s->n_cache < STMT_CACHE_MAX)
+        s->cache[s->n_cache++] = (struct cached_stmt){*stmt, true};
     return STORE_OK;
+}
+
+/* Gives back a statement from prepare(): a cached one is reset (ending its read, dropping the
+ * values of its last row) and unbound, any other finalized. NULL is allowed. */
+static void release(struct store_sqlite *s, sqlite3_stmt *stmt)
+{
+    if (stmt == NULL)
+        return;
+    for (size_t i = 0; i < s->n_cache; i++) {
+        if (s->cache[i].stmt == stmt) {
+            (void)sqlite3_reset(stmt); /* its result is the last step's, already handled */
+            (void)sqlite3_clear_bindings(stmt);
+            s->cache[i].in_use = false;
+            return;
+        }
+    }
+    sqlite3_finalize(stmt);
 }
 
 /* Binds NULL for a NULL string. Strings are copied by SQLite (SQLITE_TRANSIENT). */
@@ -165,10 +205,15 @@ static int step_done(struct store_sqlite *s, sqlite3_stmt *stmt, const char *wha
     return rc == SQLITE_DONE ? STORE_OK : map_rc(s, sqlite3_extended_errcode(s->db), what);
 }
 
+/* Runs one statement without parameters or results (transaction control, the counter). */
 static int exec_sql(struct store_sqlite *s, const char *sql, const char *what)
 {
-    int rc = sqlite3_exec(s->db, sql, NULL, NULL, NULL);
-    return rc == SQLITE_OK ? STORE_OK : map_rc(s, sqlite3_extended_errcode(s->db), what);
+    sqlite3_stmt *stmt = NULL;
+    int rc = prepare(s, sql, &stmt);
+    if (rc == STORE_OK)
+        rc = step_done(s, stmt, what);
+    release(s, stmt);
+    return rc;
 }
 
 /* Starts a write: takes the handle's mutex, then SQLite's write lock (BEGIN IMMEDIATE, waiting
@@ -334,6 +379,9 @@ fail:
 static void sq_close(struct store *st)
 {
     struct store_sqlite *s = sq(st);
+    for (size_t i = 0; i < s->n_cache; i++)
+        sqlite3_finalize(s->cache[i].stmt);
+    s->n_cache = 0;
     if (sqlite3_close_v2(s->db) != SQLITE_OK)
         log_error("store: sqlite: close: %s", sqlite3_errmsg(s->db));
     pthread_mutex_destroy(&s->mu);
@@ -352,7 +400,7 @@ static int sq_change_seq(struct store *st, uint64_t *seq)
         else
             rc = map_rc(s, sqlite3_extended_errcode(s->db), "change counter");
     }
-    sqlite3_finalize(stmt);
+    release(s, stmt);
     pthread_mutex_unlock(&s->mu);
     return rc;
 }
@@ -375,7 +423,7 @@ static int insert_api_key(struct store_sqlite *s, const char *ws_id, const uint8
         sqlite3_bind_int64(stmt, 4, now);
         rc = step_done(s, stmt, "insert api key");
     }
-    sqlite3_finalize(stmt);
+    release(s, stmt);
     return rc;
 }
 
@@ -394,7 +442,7 @@ static int sq_workspace_create(struct store *st, const struct store_workspace *w
         sqlite3_bind_int64(stmt, 3, ws->created_at);
         rc = step_done(s, stmt, "insert workspace");
     }
-    sqlite3_finalize(stmt);
+    release(s, stmt);
     if (rc == STORE_OK)
         rc = insert_api_key(s, ws->id, key_hash, key_prefix, ws->created_at);
     return write_end(s, rc, true);
@@ -423,7 +471,7 @@ static int sq_workspace_get(struct store *st, const char *ws_id, const char *nam
                               : map_rc(s, sqlite3_extended_errcode(s->db), "get workspace");
     }
 out:
-    sqlite3_finalize(stmt);
+    release(s, stmt);
     pthread_mutex_unlock(&s->mu);
     return rc;
 }
@@ -445,7 +493,7 @@ static int sq_workspace_list(struct store *st, struct store_workspace_list *out)
     }
     if (rc == STORE_OK && r != SQLITE_DONE)
         rc = map_rc(s, sqlite3_extended_errcode(s->db), "list workspaces");
-    sqlite3_finalize(stmt);
+    release(s, stmt);
     pthread_mutex_unlock(&s->mu);
     if (rc == STORE_OK)
         *out = l;
@@ -484,7 +532,7 @@ static int sq_api_key_lookup(struct store *st, const uint8_t key_hash[STORE_HASH
                                   : map_rc(s, sqlite3_extended_errcode(s->db), "api key");
         }
     }
-    sqlite3_finalize(stmt);
+    release(s, stmt);
     pthread_mutex_unlock(&s->mu);
     return rc;
 }
@@ -506,7 +554,7 @@ static int row_exists(struct store_sqlite *s, const char *sql, const char *a, co
         else
             rc = map_rc(s, sqlite3_extended_errcode(s->db), "lookup");
     }
-    sqlite3_finalize(stmt);
+    release(s, stmt);
     return rc;
 }
 
@@ -557,7 +605,7 @@ static int sq_secret_put(struct store *st, const char *ws_id, const struct store
     if (rc == STORE_OK)
         *created = !exists;
 out:
-    sqlite3_finalize(stmt);
+    release(s, stmt);
     return write_end(s, rc, true);
 }
 
@@ -569,7 +617,7 @@ static int sq_secret_list(struct store *st, const char *ws_id, struct store_secr
     int r = SQLITE_DONE;
     pthread_mutex_lock(&s->mu);
     int rc = prepare(s,
-                     "SELECT name, hosts, key_id, created_at, updated_at FROM secrets "
+                     "SELECT name, hosts, key_id, created_at, updated_at, sealed FROM secrets "
                      "WHERE workspace_id = ? ORDER BY name",
                      &stmt);
     if (rc == STORE_OK)
@@ -582,10 +630,12 @@ static int sq_secret_list(struct store *st, const char *ws_id, struct store_secr
         x->key_id = col_text(stmt, 2);
         x->created_at = sqlite3_column_int64(stmt, 3);
         x->updated_at = sqlite3_column_int64(stmt, 4);
+        const char *sealed = (const char *)sqlite3_column_text(stmt, 5);
+        store_secret_version_of(sealed ? sealed : "", x->hosts_json, x->version);
     }
     if (rc == STORE_OK && r != SQLITE_DONE)
         rc = map_rc(s, sqlite3_extended_errcode(s->db), "list secrets");
-    sqlite3_finalize(stmt);
+    release(s, stmt);
     pthread_mutex_unlock(&s->mu);
     if (rc == STORE_OK)
         *out = l;
@@ -622,9 +672,11 @@ static int sq_secret_get(struct store *st, const char *ws_id, const char *name, 
         out->key_id = col_text(stmt, 3);
         out->created_at = sqlite3_column_int64(stmt, 4);
         out->updated_at = sqlite3_column_int64(stmt, 5);
+        const char *text = (const char *)sqlite3_column_text(stmt, 0);
+        store_secret_version_of(text ? text : "", out->hosts_json, out->version);
     }
 out:
-    sqlite3_finalize(stmt);
+    release(s, stmt);
     pthread_mutex_unlock(&s->mu);
     return rc;
 }
@@ -646,7 +698,7 @@ static int delete_by_name(struct store_sqlite *s, const char *sql, const char *w
         if (rc == STORE_OK && sqlite3_changes(s->db) == 0)
             rc = STORE_NOT_FOUND;
     }
-    sqlite3_finalize(stmt);
+    release(s, stmt);
     return write_end(s, rc, true);
 }
 
@@ -726,7 +778,7 @@ static int sq_box_create(struct store *st, const char *ws_id, const struct store
         bind_hash(stmt, 17, box->proxy_token_hash);
         rc = step_done(s, stmt, "insert box");
     }
-    sqlite3_finalize(stmt);
+    release(s, stmt);
     return write_end(s, rc, true);
 }
 
@@ -751,35 +803,61 @@ static int sq_box_get(struct store *st, const char *ws_id, const char *name, con
             rc = r == SQLITE_DONE ? STORE_NOT_FOUND
                                   : map_rc(s, sqlite3_extended_errcode(s->db), "get box");
     }
-    sqlite3_finalize(stmt);
+    release(s, stmt);
     pthread_mutex_unlock(&s->mu);
     return rc;
 }
 
-static int sq_box_list(struct store *st, const char *ws_id, struct store_box_list *out)
+/* Reads the HEAD_COLS columns (a box head: store_box_list_heads) into *b. */
+#define HEAD_COLS "id, name, revision, proxy_token_hash"
+static void read_head(sqlite3_stmt *stmt, int first, struct store_box *b)
 {
-    struct store_sqlite *s = sq(st);
+    memset(b, 0, sizeof(*b));
+    b->id = col_text(stmt, first);
+    b->name = col_text(stmt, first + 1);
+    b->revision = sqlite3_column_int64(stmt, first + 2);
+    col_hash(stmt, first + 3, b->proxy_token_hash);
+}
+
+/* The boxes of a workspace: sql takes the workspace id and selects the columns read_row reads. */
+static int list_boxes(struct store_sqlite *s, const char *ws_id, const char *sql,
+                      void (*read_row)(sqlite3_stmt *, int, struct store_box *),
+                      struct store_box_list *out)
+{
     sqlite3_stmt *stmt = NULL;
     struct store_box_list l = {0};
     int r = SQLITE_DONE;
     pthread_mutex_lock(&s->mu);
-    int rc =
-        prepare(s, "SELECT " BOX_COLS " FROM boxes WHERE workspace_id = ? ORDER BY name", &stmt);
+    int rc = prepare(s, sql, &stmt);
     if (rc == STORE_OK)
         bind_text(stmt, 1, ws_id);
     while (rc == STORE_OK && (r = sqlite3_step(stmt)) == SQLITE_ROW) {
         l.items = xrealloc(l.items, (l.n + 1) * sizeof(*l.items));
-        read_box(stmt, 0, &l.items[l.n++]);
+        read_row(stmt, 0, &l.items[l.n++]);
     }
     if (rc == STORE_OK && r != SQLITE_DONE)
         rc = map_rc(s, sqlite3_extended_errcode(s->db), "list boxes");
-    sqlite3_finalize(stmt);
+    release(s, stmt);
     pthread_mutex_unlock(&s->mu);
     if (rc == STORE_OK)
         *out = l;
     else
         store_box_list_free(&l);
     return rc;
+}
+
+static int sq_box_list(struct store *st, const char *ws_id, struct store_box_list *out)
+{
+    return list_boxes(sq(st), ws_id,
+                      "SELECT " BOX_COLS " FROM boxes WHERE workspace_id = ? ORDER BY name",
+                      read_box, out);
+}
+
+static int sq_box_heads(struct store *st, const char *ws_id, struct store_box_list *out)
+{
+    return list_boxes(sq(st), ws_id,
+                      "SELECT " HEAD_COLS " FROM boxes WHERE workspace_id = ? ORDER BY id",
+                      read_head, out);
 }
 
 static int sq_box_update(struct store *st, const char *ws_id, const struct store_box *box)
@@ -812,7 +890,7 @@ static int sq_box_update(struct store *st, const char *ws_id, const struct store
             rc = exists ? STORE_CONFLICT : STORE_NOT_FOUND;
     }
 out:
-    sqlite3_finalize(stmt);
+    release(s, stmt);
     return write_end(s, rc, true);
 }
 
@@ -842,7 +920,7 @@ static int sq_box_by_token(struct store *st, const uint8_t token_hash[STORE_HASH
                                   : map_rc(s, sqlite3_extended_errcode(s->db), "box by token");
         }
     }
-    sqlite3_finalize(stmt);
+    release(s, stmt);
     pthread_mutex_unlock(&s->mu);
     return rc;
 }
@@ -869,7 +947,7 @@ static int sq_template_create(struct store *st, const char *ws_id, const struct 
         sqlite3_bind_int64(stmt, 6, t->updated_at);
         rc = step_done(s, stmt, "insert template");
     }
-    sqlite3_finalize(stmt);
+    release(s, stmt);
     return write_end(s, rc, true);
 }
 
@@ -902,7 +980,7 @@ static int sq_template_get(struct store *st, const char *ws_id, const char *name
             rc = r == SQLITE_DONE ? STORE_NOT_FOUND
                                   : map_rc(s, sqlite3_extended_errcode(s->db), "get template");
     }
-    sqlite3_finalize(stmt);
+    release(s, stmt);
     pthread_mutex_unlock(&s->mu);
     return rc;
 }
@@ -926,7 +1004,7 @@ static int sq_template_list(struct store *st, const char *ws_id, struct store_te
     }
     if (rc == STORE_OK && r != SQLITE_DONE)
         rc = map_rc(s, sqlite3_extended_errcode(s->db), "list templates");
-    sqlite3_finalize(stmt);
+    release(s, stmt);
     pthread_mutex_unlock(&s->mu);
     if (rc == STORE_OK)
         *out = l;
@@ -992,7 +1070,7 @@ static int scan_table(struct store_sqlite *s, const struct sealed_table *t, stor
     }
     if (rc == STORE_OK && r != SQLITE_DONE)
         rc = map_rc(s, sqlite3_extended_errcode(s->db), "scan sealed values");
-    sqlite3_finalize(stmt);
+    release(s, stmt);
     return rc;
 }
 
@@ -1017,7 +1095,7 @@ static int apply_pending(struct store_sqlite *s, const struct sealed_table *t,
             bind_text(stmt, 4, key_id);
         rc = step_done(s, stmt, "rewrite sealed value");
     }
-    sqlite3_finalize(stmt);
+    release(s, stmt);
     return rc;
 }
 
@@ -1065,6 +1143,7 @@ static const struct store_ops sqlite_ops = {
     .box_create = sq_box_create,
     .box_get = sq_box_get,
     .box_list = sq_box_list,
+    .box_heads = sq_box_heads,
     .box_update = sq_box_update,
     .box_delete = sq_box_delete,
     .box_by_token = sq_box_by_token,

@@ -788,6 +788,140 @@ static void test_workspace_lookup_and_list(void **state)
     free(b);
 }
 
+/* A secret's version moves with its value (each put seals afresh), its binding and a re-seal,
+ * and with nothing else: the daemon reuses compiled policies while the versions they used hold. */
+static void test_secret_versions(void **state)
+{
+    struct fixture *f = *state;
+    char *ws = make_ws(f->st, "w", NULL), *err = NULL;
+    uint8_t v[6][STORE_HASH_LEN];
+    struct store_secret meta = {0};
+    struct store_secret_list l = {0};
+    assert_int_equal(store_secret_put(f->st, ws, "A", "a1", NULL, NULL), STORE_OK);
+    assert_int_equal(store_secret_put(f->st, ws, "B", "b1", NULL, NULL), STORE_OK);
+    assert_int_equal(store_secret_list(f->st, ws, &l), STORE_OK);
+    memcpy(v[0], l.items[0].version, STORE_HASH_LEN); /* A */
+    memcpy(v[1], l.items[1].version, STORE_HASH_LEN); /* B */
+    store_secret_list_free(&l);
+    assert_memory_not_equal(v[0], v[1], STORE_HASH_LEN);
+    /* get_sealed and list agree; reading changes nothing. */
+    assert_int_equal(store_secret_get_sealed(f->st, ws, "A", NULL, &meta), STORE_OK);
+    assert_memory_equal(meta.version, v[0], STORE_HASH_LEN);
+    store_secret_free(&meta);
+
+    /* The same value put again is a new version (a fresh seal); B is untouched. */
+    assert_int_equal(store_secret_put(f->st, ws, "A", "a1", NULL, NULL), STORE_OK);
+    assert_int_equal(store_secret_list(f->st, ws, &l), STORE_OK);
+    memcpy(v[2], l.items[0].version, STORE_HASH_LEN);
+    assert_memory_equal(l.items[1].version, v[1], STORE_HASH_LEN);
+    store_secret_list_free(&l);
+    assert_memory_not_equal(v[2], v[0], STORE_HASH_LEN);
+
+    /* A new binding without a value moves it; the same binding again does not. */
+    assert_int_equal(store_secret_put(f->st, ws, "A", NULL, "[{\"host\":\"x.test\"}]", NULL),
+                     STORE_OK);
+    assert_int_equal(store_secret_get_sealed(f->st, ws, "A", NULL, &meta), STORE_OK);
+    memcpy(v[3], meta.version, STORE_HASH_LEN);
+    store_secret_free(&meta);
+    assert_memory_not_equal(v[3], v[2], STORE_HASH_LEN);
+    assert_int_equal(store_secret_put(f->st, ws, "A", NULL, "[{\"host\":\"x.test\"}]", NULL),
+                     STORE_OK);
+    assert_int_equal(store_secret_get_sealed(f->st, ws, "A", NULL, &meta), STORE_OK);
+    assert_memory_equal(meta.version, v[3], STORE_HASH_LEN);
+    store_secret_free(&meta);
+    /* Binding omitted again: differs from every explicit binding. */
+    assert_int_equal(store_secret_put(f->st, ws, "A", NULL, NULL, NULL), STORE_OK);
+    assert_int_equal(store_secret_get_sealed(f->st, ws, "A", NULL, &meta), STORE_OK);
+    memcpy(v[4], meta.version, STORE_HASH_LEN);
+    store_secret_free(&meta);
+    assert_memory_not_equal(v[4], v[3], STORE_HASH_LEN);
+
+    /* A re-seal under a new key moves every version. */
+    assert_int_equal(seal_keyring_rotate(f->kr, &err), 0);
+    assert_int_equal(store_reseal_all(f->st, NULL), STORE_OK);
+    assert_int_equal(store_secret_list(f->st, ws, &l), STORE_OK);
+    assert_memory_not_equal(l.items[0].version, v[4], STORE_HASH_LEN);
+    assert_memory_not_equal(l.items[1].version, v[1], STORE_HASH_LEN);
+    store_secret_list_free(&l);
+    free(ws);
+}
+
+/* Box heads: every box of the workspace (no other's), by id, with id, name, revision and token
+ * hash and no documents; the revision moves with every update. */
+static void test_box_heads(void **state)
+{
+    struct fixture *f = *state;
+    char *ws = make_ws(f->st, "w", NULL), *other = make_ws(f->st, "o", NULL);
+    char *a = make_box(f->st, ws, "a", "x"), *b = make_box(f->st, ws, "b", "y");
+    char *o = make_box(f->st, other, "a", "z");
+    struct store_box_list h = {0};
+    struct store_box full = {0};
+    assert_int_equal(store_box_list_heads(f->st, ws, &h), STORE_OK);
+    assert_int_equal(h.n, 2);
+    assert_true(strcmp(h.items[0].id, h.items[1].id) < 0);
+    for (size_t i = 0; i < h.n; i++) {
+        assert_int_equal(store_box_get_by_id(f->st, ws, h.items[i].id, &full), STORE_OK);
+        assert_string_equal(h.items[i].name, full.name);
+        assert_int_equal(h.items[i].revision, 1);
+        assert_memory_equal(h.items[i].proxy_token_hash, full.proxy_token_hash, STORE_HASH_LEN);
+        assert_null(h.items[i].proxy_config);
+        assert_null(h.items[i].status);
+        assert_true(strcmp(h.items[i].id, o) != 0);
+        if (strcmp(full.name, "b") == 0) {
+            free(full.status);
+            full.status = xstrdup("stopped");
+            assert_int_equal(store_box_update(f->st, ws, &full), STORE_OK);
+        }
+        store_box_free(&full);
+    }
+    store_box_list_free(&h);
+    assert_int_equal(store_box_delete(f->st, ws, "a"), STORE_OK);
+    assert_int_equal(store_box_list_heads(f->st, ws, &h), STORE_OK);
+    assert_int_equal(h.n, 1);
+    assert_string_equal(h.items[0].id, b);
+    assert_int_equal(h.items[0].revision, 2);
+    store_box_list_free(&h);
+    free(a);
+    free(b);
+    free(o);
+    free(other);
+    free(ws);
+}
+
+/* Statements are cached, but none keeps a read transaction open once its call returned: another
+ * connection can truncate the WAL, and the store sees another process's writes at once. */
+static void test_cached_statements_hold_no_transaction(void **state)
+{
+    struct fixture *f = *state;
+    char *ws = make_ws(f->st, "w", NULL), *id = make_box(f->st, ws, "a", "x");
+    char *db = xasprintf("%s/" STORE_DB_FILE, f->dir);
+    for (int round = 0; round < 3; round++) {
+        struct store_box_list l = {0};
+        struct store_secret_list sl = {0};
+        struct store_box b = {0};
+        uint64_t seq = 0;
+        assert_int_equal(store_secret_put(f->st, ws, "S", "v", NULL, NULL), STORE_OK);
+        assert_int_equal(store_box_list(f->st, ws, &l), STORE_OK);
+        store_box_list_free(&l);
+        assert_int_equal(store_box_list_heads(f->st, ws, &l), STORE_OK);
+        store_box_list_free(&l);
+        assert_int_equal(store_secret_list(f->st, ws, &sl), STORE_OK);
+        store_secret_list_free(&sl);
+        assert_int_equal(store_box_get_by_id(f->st, ws, id, &b), STORE_OK);
+        store_box_free(&b);
+        /* Another connection: a TRUNCATE checkpoint needs every reader gone (busy = 0). */
+        assert_int_equal(sql_int(db, "PRAGMA wal_checkpoint(TRUNCATE)"), 0);
+        assert_int_equal(store_change_seq(f->st, &seq), STORE_OK);
+        sql_exec(db, "UPDATE change_seq SET seq = seq + 1000 WHERE id = 1");
+        uint64_t seq2 = 0;
+        assert_int_equal(store_change_seq(f->st, &seq2), STORE_OK);
+        assert_int_equal(seq2, seq + 1000);
+    }
+    free(db);
+    free(id);
+    free(ws);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -805,6 +939,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_db_files_hold_no_plaintext, setup, teardown),
         cmocka_unit_test_setup_teardown(test_acknowledged_writes_survive_kill, setup, teardown),
         cmocka_unit_test_setup_teardown(test_workspace_lookup_and_list, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_secret_versions, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_box_heads, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cached_statements_hold_no_transaction, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
