@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -16,6 +17,28 @@
 #define BOOTSTRAP_KEY_FILE "bootstrap.key"
 #define DEFAULT_WORKSPACE  "default"
 
+/* A workspace secret a box's compilation asked for, and what it was then. */
+struct used_secret {
+    char *name;
+    bool present;                    /* false: there was no such secret */
+    uint8_t version[STORE_HASH_LEN]; /* store_secret.version, when present */
+};
+
+/* A box as last compiled. Its policy depends on nothing but the box's stored row (whose
+ * revision moves on every write, re-seals included) and the secrets it asked for, so it is
+ * reused for as long as the revision and every used secret's version are what they were. */
+struct compiled_box {
+    char *ws_id;
+    char *box_id;
+    char *name;
+    int64_t revision;
+    uint8_t token_hash[REGISTRY_HASH_LEN];
+    struct policy *policy; /* one reference; NULL: the config does not compile (refused) */
+    struct used_secret *used;
+    size_t n_used;
+    bool reusable; /* false: a stored value could not be unsealed; compile again next time */
+};
+
 struct control {
     char *state_dir;
     struct seal_keyring *keyring;
@@ -23,10 +46,25 @@ struct control {
     uint64_t published_seq; /* store change counter the published registry was built from */
     control_publish_fn publish;
     void *publish_ctx;
-    struct box_runtime *runtime; /* borrowed; NULL: no sandboxes */
-    struct registry *published;  /* reference to the last registry published */
-    char *unavailable;           /* why runtime is NULL, or NULL */
+    struct box_runtime *runtime;   /* borrowed; NULL: no sandboxes */
+    struct registry *published;    /* reference to the last registry published */
+    char *unavailable;             /* why runtime is NULL, or NULL */
+    struct compiled_box *compiled; /* the boxes of the last publish, sorted by box_id */
+    size_t n_compiled;
+    struct stat key_file; /* the key file as of the last (re)load; st_ino 0: load next time */
 };
+
+static void compiled_box_free(struct compiled_box *cb)
+{
+    free(cb->ws_id);
+    free(cb->box_id);
+    free(cb->name);
+    policy_unref(cb->policy);
+    for (size_t i = 0; i < cb->n_used; i++)
+        free(cb->used[i].name);
+    free(cb->used);
+    memset(cb, 0, sizeof(*cb));
+}
 
 /* Writes the bootstrap API key to <state_dir>/bootstrap.key (mode 0600, replaced atomically). */
 static int write_bootstrap_key(const char *state_dir, const char *key, char *err, size_t err_len)
@@ -106,6 +144,9 @@ void control_close(struct control *c)
     if (c == NULL)
         return;
     registry_unref(c->published);
+    for (size_t i = 0; i < c->n_compiled; i++)
+        compiled_box_free(&c->compiled[i]);
+    free(c->compiled);
     free(c->unavailable);
     if (c->store)
         store_close(c->store);
@@ -125,143 +166,341 @@ void control_set_publisher(struct control *c, control_publish_fn fn, void *ctx)
     c->publish_ctx = ctx;
 }
 
-/* Gathers the plaintext secrets of workspace ws_id for the policy compiler. NULL if the store
- * cannot be read. The caller frees the set (which zeroes the values). */
-static struct secret_set *workspace_secrets(struct control *c, const char *ws_id)
+/* A policy_compile secret source that reads each workspace secret from the store when the
+ * config first names it (one row, one unseal), so a compilation costs what its config uses,
+ * not what the workspace holds, and records what it asked for (struct used_secret). */
+struct lazy_secrets {
+    struct control *c;
+    const char *ws_id;
+    struct secret_set *set; /* the secrets read so far; zeroed when freed */
+    struct used_secret *used;
+    size_t n_used;
+    bool store_failed; /* the store could not be read: the compilation means nothing */
+    bool unreadable;   /* a secret did not unseal (logged): compile again next time */
+};
+
+/* secret_source.get over the store (struct lazy_secrets). */
+static const char *lazy_secrets_get(void *ctx, const char *key, const struct host_pattern **hosts,
+                                    size_t *n_hosts)
 {
-    struct store_secret_list list = {0};
-    if (store_secret_list(c->store, ws_id, &list) != STORE_OK)
-        return NULL;
-    struct secret_set *set = secret_set_new();
+    struct lazy_secrets *ls = ctx;
+    struct secret_source inner = secret_set_source(ls->set);
+    const char *value = inner.get(inner.ctx, key, hosts, n_hosts);
+    char *sealed = NULL, *plain = NULL, *aad = NULL;
+    struct store_secret meta = {0};
+    json_t *configs = NULL;
     struct errlist errs = {0};
-    for (size_t i = 0; i < list.n; i++) {
-        const struct store_secret *s = &list.items[i];
-        char *value = NULL;
-        json_t *configs = NULL;
-        if (store_secret_reveal(c->store, ws_id, s->name, &value) != STORE_OK) {
-            /* Logged by the store; rules using it will name it as unknown: refused. */
-            continue;
-        }
-        if (s->hosts_json != NULL)
-            configs = json_loads(s->hosts_json, 0, NULL);
-        char *path = xasprintf("secrets.%s", s->name);
-        secret_set_add(set, s->name, value, configs, path, &errs);
-        free(path);
-        json_decref(configs);
-        secret_free(value);
+    if (value != NULL)
+        return value;
+    for (size_t i = 0; i < ls->n_used; i++)
+        if (strcmp(ls->used[i].name, key) == 0)
+            return NULL; /* asked before: absent or unusable */
+    ls->used = xrealloc(ls->used, (ls->n_used + 1) * sizeof(*ls->used));
+    struct used_secret *u = &ls->used[ls->n_used++];
+    memset(u, 0, sizeof(*u));
+    u->name = xstrdup(key);
+    int rc = store_secret_get_sealed(ls->c->store, ls->ws_id, key, &sealed, &meta);
+    if (rc == STORE_NOT_FOUND)
+        goto out; /* the compiler reports it as unknown */
+    if (rc != STORE_OK) {
+        ls->store_failed = true;
+        goto out;
     }
+    u->present = true;
+    memcpy(u->version, meta.version, sizeof(u->version));
+    aad = store_aad_secret(ls->ws_id, key);
+    if (store_unseal_value(ls->c->store, aad, sealed, &plain) != STORE_OK) {
+        log_error("workspace %s: secret %s cannot be unsealed; rules using it are refused",
+                  ls->ws_id, key);
+        ls->unreadable = true;
+        goto out;
+    }
+    if (meta.hosts_json != NULL)
+        configs = json_loads(meta.hosts_json, 0, NULL);
+    char *path = xasprintf("secrets.%s", key);
+    secret_set_add(ls->set, key, plain, configs, path, &errs);
+    free(path);
     for (size_t i = 0; i < errs.n; i++)
-        log_warn("workspace %s: stored secret binding ignored: %s", ws_id, errs.msgs[i]);
+        log_warn("workspace %s: stored secret binding ignored: %s", ls->ws_id, errs.msgs[i]);
+    value = inner.get(inner.ctx, key, hosts, n_hosts);
+out:
     errlist_free(&errs);
-    store_secret_list_free(&list);
-    return set;
+    json_decref(configs);
+    secret_free(plain);
+    free(aad);
+    free(sealed);
+    store_secret_free(&meta);
+    return value;
+}
+
+static void lazy_secrets_free(struct lazy_secrets *ls)
+{
+    secret_set_free(ls->set);
+    for (size_t i = 0; i < ls->n_used; i++)
+        free(ls->used[i].name);
+    free(ls->used);
 }
 
 int control_check_proxy_config(struct control *c, const char *ws_id, const json_t *proxy_config,
                                struct errlist *errs)
 {
-    struct secret_set *set = workspace_secrets(c, ws_id);
-    if (set == NULL) {
+    struct lazy_secrets ls = {.c = c, .ws_id = ws_id, .set = secret_set_new()};
+    struct secret_source src = {lazy_secrets_get, &ls};
+    struct errlist local = {0};
+    struct policy *p = policy_compile(proxy_config, &src, "proxy_config", 0, &local);
+    int rc = p != NULL && local.n == 0 ? 0 : -1;
+    if (ls.store_failed) {
         errlist_add(errs, "the workspace's secrets cannot be read");
-        return -1;
+        rc = -1;
+    } else {
+        for (size_t i = 0; i < local.n; i++)
+            errlist_add(errs, "%s", local.msgs[i]);
     }
-    struct secret_source src = secret_set_source(set);
-    size_t before = errs->n;
-    struct policy *p = policy_compile(proxy_config, &src, "proxy_config", 0, errs);
     policy_unref(p);
-    secret_set_free(set);
-    return (p != NULL && errs->n == before) ? 0 : -1;
+    errlist_free(&local);
+    lazy_secrets_free(&ls);
+    return rc;
 }
 
-/* Compiles one stored box into a registry entry. The entry has no policy (requests refused)
- * when the stored config no longer compiles; why is logged, naming fields, never values. */
-static void compile_box(struct control *c, const char *ws_id, const struct store_box *b,
-                        const struct secret_source *src, uint64_t version, struct registry_box *out)
+/* Compiles stored box b of workspace ws_id into *out. The entry has no policy (requests
+ * refused) when the stored config does not compile (now); why is logged, naming fields, never
+ * values. Returns 0, or -1 if the store could not be read (*out is then freed). */
+static int compile_box(struct control *c, const char *ws_id, const struct store_box *b,
+                       uint64_t version, struct compiled_box *out)
 {
-    out->workspace_id = xstrdup(ws_id);
+    struct lazy_secrets ls = {.c = c, .ws_id = ws_id, .set = secret_set_new()};
+    struct secret_source src = {lazy_secrets_get, &ls};
+    struct errlist errs = {0};
+    int rc = 0;
+    memset(out, 0, sizeof(*out));
+    out->ws_id = xstrdup(ws_id);
     out->box_id = xstrdup(b->id);
     out->name = xstrdup(b->name);
+    out->revision = b->revision;
     memcpy(out->token_hash, b->proxy_token_hash, REGISTRY_HASH_LEN);
-    out->sandbox_addr = box_runtime_addr(c->runtime, b->id);
+    out->reusable = true;
     json_t *doc = b->proxy_config ? json_loads(b->proxy_config, 0, NULL) : json_object();
     char *aad = store_aad_box(ws_id, b->id);
-    struct errlist errs = {0};
     if (doc == NULL || store_json_unseal(c->store, doc, aad) != STORE_OK) {
         log_error("sandbox %s (workspace %s): stored proxy_config cannot be read; its requests "
                   "are refused",
                   b->name, ws_id);
+        out->reusable = false;
         goto out;
     }
-    out->policy = policy_compile(doc, src, "proxy_config", version, &errs);
+    out->policy = policy_compile(doc, &src, "proxy_config", version, &errs);
+    if (ls.store_failed) {
+        rc = -1;
+        goto out;
+    }
     if (out->policy == NULL) {
         for (size_t i = 0; i < errs.n; i++)
             log_error("sandbox %s (workspace %s): %s; its requests are refused", b->name, ws_id,
                       errs.msgs[i]);
     }
+    if (ls.unreadable)
+        out->reusable = false;
+    out->used = ls.used; /* moved */
+    out->n_used = ls.n_used;
+    ls.used = NULL;
+    ls.n_used = 0;
 out:
+    if (rc != 0)
+        compiled_box_free(out);
+    lazy_secrets_free(&ls);
     errlist_free(&errs);
     free(aad);
     if (doc) {
         policy_json_zero_strings(doc);
         json_decref(doc);
     }
+    return rc;
+}
+
+static int compiled_box_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct compiled_box *)a)->box_id,
+                  ((const struct compiled_box *)b)->box_id);
+}
+
+static int secret_name_cmp(const void *key, const void *item)
+{
+    return strcmp(key, ((const struct store_secret *)item)->name);
+}
+
+/* The index in c->compiled of the entry of box head h (of workspace ws_id, whose secrets are now
+ * secrets, sorted by name) if it still stands: same workspace, revision and proxy token (a box
+ * re-created under the same id is another box), and every secret it asked for is as it was.
+ * Else -1. */
+static ptrdiff_t reusable_entry(const struct control *c, const char *ws_id,
+                                const struct store_box *h, const struct store_secret_list *secrets)
+{
+    struct compiled_box key = {.box_id = h->id};
+    const struct compiled_box *cb = c->n_compiled ? bsearch(&key, c->compiled, c->n_compiled,
+                                                            sizeof(*c->compiled), compiled_box_cmp)
+                                                  : NULL;
+    if (cb == NULL || !cb->reusable || cb->revision != h->revision ||
+        strcmp(cb->ws_id, ws_id) != 0 ||
+        memcmp(cb->token_hash, h->proxy_token_hash, REGISTRY_HASH_LEN) != 0)
+        return -1;
+    for (size_t i = 0; i < cb->n_used; i++) {
+        const struct used_secret *u = &cb->used[i];
+        const struct store_secret *now = secrets->n
+                                             ? bsearch(u->name, secrets->items, secrets->n,
+                                                       sizeof(*secrets->items), secret_name_cmp)
+                                             : NULL;
+        if ((now != NULL) != u->present ||
+            (now != NULL && memcmp(now->version, u->version, sizeof(u->version)) != 0))
+            return -1;
+    }
+    return cb - c->compiled;
+}
+
+/* One box of the registry being built: a fresh compilation, or the index of the entry of the
+ * last publish that still stands (reuse >= 0). */
+struct publish_item {
+    ptrdiff_t reuse;
+    struct compiled_box fresh;
+};
+
+/* Reads which boxes exist and compiles those that changed since the last publish (a PATCH
+ * compiles one box; a secret's change, the boxes that use it). Returns 0 with *items and *n set, or
+ * -1 if the store could not be read. */
+static int plan_publish(struct control *c, uint64_t seq, struct publish_item **items, size_t *n)
+{
+    struct store_workspace_list wss = {0};
+    struct publish_item *v = NULL;
+    size_t nv = 0;
+    int rc = -1;
+    if (store_workspace_list(c->store, &wss) != STORE_OK)
+        goto out;
+    for (size_t w = 0; w < wss.n; w++) {
+        const char *ws_id = wss.items[w].id;
+        struct store_box_list heads = {0};
+        struct store_secret_list secrets = {0};
+        if (store_box_list_heads(c->store, ws_id, &heads) != STORE_OK)
+            goto out;
+        if (heads.n > 0 && store_secret_list(c->store, ws_id, &secrets) != STORE_OK) {
+            store_box_list_free(&heads);
+            goto out;
+        }
+        v = xrealloc(v, (nv + heads.n) * sizeof(*v));
+        int wrc = 0;
+        for (size_t i = 0; i < heads.n && wrc == 0; i++) {
+            struct publish_item *it = &v[nv];
+            memset(it, 0, sizeof(*it));
+            it->reuse = reusable_entry(c, ws_id, &heads.items[i], &secrets);
+            if (it->reuse >= 0) {
+                nv++;
+                continue;
+            }
+            struct store_box b = {0};
+            int grc = store_box_get_by_id(c->store, ws_id, heads.items[i].id, &b);
+            if (grc == STORE_OK)
+                wrc = compile_box(c, ws_id, &b, seq, &it->fresh);
+            else if (grc != STORE_NOT_FOUND) /* not found: deleted meanwhile */
+                wrc = -1;
+            if (grc == STORE_OK && wrc == 0)
+                nv++;
+            store_box_free(&b);
+        }
+        store_secret_list_free(&secrets);
+        store_box_list_free(&heads);
+        if (wrc != 0)
+            goto out;
+    }
+    rc = 0;
+out:
+    if (rc != 0) {
+        for (size_t i = 0; i < nv; i++)
+            if (v[i].reuse < 0)
+                compiled_box_free(&v[i].fresh);
+        free(v);
+        v = NULL;
+        nv = 0;
+    }
+    store_workspace_list_free(&wss);
+    *items = v;
+    *n = nv;
+    return rc;
+}
+
+/* Another process (authproxy keys rotate) may have added a key and re-sealed under it: re-reads
+ * the key file when it is not the file last read (stat says so: rotation replaces it), so a
+ * write does not pay for reading and locking key material it already has. */
+static void reload_keyring(struct control *c)
+{
+    const char *path = seal_keyring_path(c->keyring);
+    struct stat now;
+    char *msg = NULL;
+    if (path == NULL)
+        return; /* keys from the environment: nothing to re-read */
+    if (stat(path, &now) != 0)
+        memset(&now, 0, sizeof(now)); /* reload says why */
+    else if (c->key_file.st_ino != 0 && now.st_ino == c->key_file.st_ino &&
+             now.st_dev == c->key_file.st_dev && now.st_size == c->key_file.st_size &&
+             now.st_mtim.tv_sec == c->key_file.st_mtim.tv_sec &&
+             now.st_mtim.tv_nsec == c->key_file.st_mtim.tv_nsec &&
+             now.st_ctim.tv_sec == c->key_file.st_ctim.tv_sec &&
+             now.st_ctim.tv_nsec == c->key_file.st_ctim.tv_nsec)
+        return;
+    /* Stat before reading: a change after this stat shows at the next call. */
+    if (seal_keyring_reload(c->keyring, &msg) == -1) {
+        log_warn("master key reload failed: %s", msg ? msg : "?");
+        free(msg);
+        memset(&c->key_file, 0, sizeof(c->key_file));
+        return;
+    }
+    c->key_file = now;
 }
 
 int control_publish(struct control *c)
 {
-    struct store_workspace_list wss = {0};
-    struct registry_box *boxes = NULL;
+    struct publish_item *items = NULL;
     size_t n = 0;
     uint64_t seq = 0;
-    int rc = -1;
-    char *msg = NULL;
 
-    /* Another process (authproxy keys rotate) may have re-sealed under a new key. */
-    if (seal_keyring_reload(c->keyring, &msg) == -1) {
-        log_warn("master key reload failed: %s", msg ? msg : "?");
-        free(msg);
+    reload_keyring(c);
+    if (store_change_seq(c->store, &seq) != STORE_OK || plan_publish(c, seq, &items, &n) != 0) {
+        log_error("control: cannot read the store; the data plane keeps its current sandboxes");
+        return -1;
     }
-    if (store_change_seq(c->store, &seq) != STORE_OK ||
-        store_workspace_list(c->store, &wss) != STORE_OK)
-        goto out;
-    for (size_t w = 0; w < wss.n; w++) {
-        const char *ws_id = wss.items[w].id;
-        struct store_box_list list = {0};
-        if (store_box_list(c->store, ws_id, &list) != STORE_OK)
-            goto out;
-        struct secret_set *set = list.n ? workspace_secrets(c, ws_id) : NULL;
-        if (list.n && set == NULL) {
-            store_box_list_free(&list);
-            goto out;
+    /* From here nothing fails: the plan becomes the compiled set, the old one's leftovers (boxes
+     * deleted or changed) are released. */
+    struct compiled_box *next = xcalloc(n ? n : 1, sizeof(*next));
+    for (size_t i = 0; i < n; i++) {
+        if (items[i].reuse >= 0) {
+            next[i] = c->compiled[items[i].reuse];
+            memset(&c->compiled[items[i].reuse], 0, sizeof(*c->compiled));
+        } else {
+            next[i] = items[i].fresh;
         }
-        struct secret_source src = set ? secret_set_source(set) : (struct secret_source){0};
-        boxes = xrealloc(boxes, (n + list.n) * sizeof(*boxes));
-        for (size_t i = 0; i < list.n; i++) {
-            memset(&boxes[n], 0, sizeof(boxes[n]));
-            compile_box(c, ws_id, &list.items[i], &src, seq, &boxes[n]);
-            n++;
-        }
-        secret_set_free(set);
-        store_box_list_free(&list);
+    }
+    free(items);
+    for (size_t i = 0; i < c->n_compiled; i++)
+        compiled_box_free(&c->compiled[i]);
+    free(c->compiled);
+    if (n > 1)
+        qsort(next, n, sizeof(*next), compiled_box_cmp);
+    c->compiled = next;
+    c->n_compiled = n;
+
+    struct registry_box *boxes = xcalloc(n ? n : 1, sizeof(*boxes));
+    for (size_t i = 0; i < n; i++) {
+        boxes[i].workspace_id = xstrdup(next[i].ws_id);
+        boxes[i].box_id = xstrdup(next[i].box_id);
+        boxes[i].name = xstrdup(next[i].name);
+        memcpy(boxes[i].token_hash, next[i].token_hash, REGISTRY_HASH_LEN);
+        boxes[i].policy = next[i].policy ? policy_ref(next[i].policy) : NULL;
+        boxes[i].sandbox_addr = box_runtime_addr(c->runtime, next[i].box_id);
     }
     struct registry *reg = registry_new(boxes, n);
-    boxes = NULL;
-    n = 0;
     if (c->publish)
         c->publish(c->publish_ctx, reg);
     registry_unref(c->published);
     c->published = reg; /* our reference */
     c->published_seq = seq;
-    rc = 0;
-out:
-    if (rc != 0)
-        log_error("control: cannot read the store; the data plane keeps its current sandboxes");
-    if (boxes) {
-        struct registry *partial = registry_new(boxes, n); /* frees the entries */
-        registry_unref(partial);
-    }
-    store_workspace_list_free(&wss);
-    return rc;
+    return 0;
 }
 
 int control_sync(struct control *c)

@@ -6,6 +6,11 @@
  * publishes it: control_publish returns only once every worker uses the new registry, so an API
  * write that returns has taken effect for every request that starts afterwards.
  *
+ * A box's compiled policy is kept and reused for as long as its stored row (revision, proxy
+ * token) and every workspace secret its config names (store_secret.version, absence included)
+ * are what they were when it was compiled: a PATCH of one box recompiles that box only, a
+ * secret's change the boxes that use it, and no write unseals secrets no recompiled box uses.
+ *
  * Used from the main thread only (the control API runs there). */
 #ifndef AUTHPROXY_CONTROL_H
 #define AUTHPROXY_CONTROL_H
@@ -47,10 +52,13 @@ struct store *control_store(struct control *c);
 int control_check_proxy_config(struct control *c, const char *ws_id, const json_t *proxy_config,
                                struct errlist *errs);
 
-/* Builds the registry from the store and hands it to the data plane through publish (set with
+/* Builds the registry from the store (recompiling only the boxes whose row or used secrets
+ * changed, see above) and hands it to the data plane through publish (set with
  * control_set_publisher); returns 0, or -1 if the store could not be read (the data plane keeps
  * its current registry). A box whose config no longer compiles (a secret it needs was deleted)
- * is published with no policy: its requests are refused (fail closed) and the reason logged. */
+ * is published with no policy: its requests are refused (fail closed) and the reason logged
+ * once per change. Re-reads the master key file first when it changed (another process
+ * rotated the keys). */
 int control_publish(struct control *c);
 
 /* Publishes again if the store changed behind our back (another process: `authproxy keys

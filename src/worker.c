@@ -99,8 +99,10 @@ static void wakeup_cb(evutil_socket_t fd, short what, void *arg)
         struct snapshot *old = w->current;
         w->current = next;
         /* Pooled connections were verified under the old trust settings and may point at an
-         * old dns_remap target: start afresh. */
-        upstream_pool_flush(w);
+         * old dns_remap target: start afresh when those changed (a new base, SIGHUP). A new
+         * registry alone (control-plane writes) changes neither, so the pool stays warm. */
+        if (next->base != old->base)
+            upstream_pool_flush(w);
         snapshot_unref(old);
         atomic_store(&w->applied_version, next->version);
     }
