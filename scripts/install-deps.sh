@@ -4,7 +4,7 @@
 set -eu
 PKGS="build-essential pkg-config libssl-dev libevent-dev libjansson-dev libsqlite3-dev libpq-dev
       libnftables-dev libcmocka-dev python3 python3-pytest python3-requests python3-cryptography
-      python3-websockets python3-botocore curl git ca-certificates openssl clang nginx-light wrk iproute2 nftables gh"
+      python3-websockets python3-botocore curl git ca-certificates openssl clang nginx-light wrk iproute2 nftables gh valgrind"
 missing=""
 for p in $PKGS; do
     dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
