@@ -9,6 +9,7 @@
 #   make attack     the attack suite only (tests/attack: pytest, real daemon and sandboxes)
 #   make fuzz       run each libFuzzer harness for FUZZ_SECONDS
 #   make bench      run the benchmarks in bench/
+#   make valgrind   e2e tests with the daemon under valgrind memcheck (slow), then a leak scan
 #
 # BUILD selects the flavour: BUILD=release (default) or BUILD=asan. Each has its own
 # directory under build/, so both can exist side by side.
@@ -43,7 +44,7 @@ BIN       := $(OUT)/authproxy
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(OUT)/tests/%)
 
-.PHONY: all deps run test unit e2e attack test-release test-asan fuzz bench clean format
+.PHONY: all deps run test unit e2e attack test-release test-asan fuzz bench valgrind clean format
 
 all: $(BIN)
 
@@ -98,6 +99,10 @@ fuzz:
 
 bench: $(BIN)
 	@bench/run.sh
+
+# Issue 6: zero leaks and memory errors in src/ under memcheck (scripts/valgrind-e2e.sh).
+valgrind: $(BIN)
+	@scripts/valgrind-e2e.sh $(BIN) $(VALGRIND_TESTS)
 
 format:
 	clang-format -i src/*.c src/*.h tests/unit/*.c tests/unit/*.h
