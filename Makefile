@@ -99,6 +99,7 @@ fuzz:
 
 bench: $(BIN)
 	@bench/run.sh
+	@bench/callbacks.sh
 
 # Issue 6: zero leaks and memory errors in src/ under memcheck (scripts/valgrind-e2e.sh).
 valgrind: $(BIN)

@@ -33,7 +33,7 @@
 # binary's source tree; default: git describe of this checkout).
 set -uo pipefail
 
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 ROOT=$PWD
 BIN=${AUTHPROXY_BIN:-$ROOT/build/authproxy}
 OUT=$ROOT/build/bench
@@ -85,8 +85,8 @@ trap 'exit 130' INT TERM
 
 # listening PORT PID: true once something accepts on 127.0.0.1:PORT (15 s at most, PID alive).
 listening() {
-    local i
-    for i in $(seq 150); do
+    local _
+    for _ in $(seq 150); do
         (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
         kill -0 "$2" 2>/dev/null || return 1
         sleep 0.1
@@ -126,6 +126,7 @@ quiet() {
 # --- load generator, PKI, origin ---------------------------------------------------------------
 
 if [ ! -x "$LG" ] || [ "$ROOT/bench/loadgen.c" -nt "$LG" ]; then
+    # shellcheck disable=SC2046 # pkg-config's flags are meant to split
     cc -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror -pthread "$ROOT/bench/loadgen.c" -o "$LG" \
         $(pkg-config --cflags --libs openssl) -lm || die "loadgen does not compile"
 fi
@@ -181,7 +182,12 @@ nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" -e "$WORK/logs/nginx-error.lo
 NGINX_PID=$!
 PIDS+=("$NGINX_PID")
 listening "$NG_HTTPS" "$NGINX_PID" || { cat "$WORK/logs/nginx-error.log" >&2; die "nginx did not start"; }
-nginx_pids() { echo "$NGINX_PID $(ps -o pid= --ppid "$NGINX_PID" | tr '\n' ' ')"; }
+# nginx_cpu_ns: cpu_ns of the nginx master and its workers.
+nginx_cpu_ns() {
+    local pids
+    read -ra pids <<<"$NGINX_PID $(ps -o pid= --ppid "$NGINX_PID" | tr '\n' ' ')"
+    cpu_ns "${pids[@]}"
+}
 
 # --- callback endpoint ---------------------------------------------------------------------------
 
@@ -252,9 +258,9 @@ measure() {
     local run=$1 pair=$2 side=$3
     shift 3
     local c0 c1 n0 n1 m0 m1 w0 w1 line client TIMEFORMAT='%3U %3S'
-    c0=$(cpu_ns "$AP_PID"); n0=$(cpu_ns $(nginx_pids)); m0=$(all_ticks); w0=$(date +%s.%N)
+    c0=$(cpu_ns "$AP_PID"); n0=$(nginx_cpu_ns); m0=$(all_ticks); w0=$(date +%s.%N)
     { time "$@" > "$WORK/run.out" 2>>"$WORK/logs/client.err"; } 2> "$WORK/run.time"
-    w1=$(date +%s.%N); m1=$(all_ticks); c1=$(cpu_ns "$AP_PID"); n1=$(cpu_ns $(nginx_pids))
+    w1=$(date +%s.%N); m1=$(all_ticks); c1=$(cpu_ns "$AP_PID"); n1=$(nginx_cpu_ns)
     client=$(awk '{printf "%.2f", $1 + $2}' "$WORK/run.time")
     line=$(grep '^RESULT' "$WORK/run.out" | tail -1)
     [ -n "$line" ] || line="RESULT failed=1 rps=0 requests=0 requests_all=0 secs=1 errors=1"

@@ -256,7 +256,9 @@ def report(path):
         gm, lo, hi = ratio_ci(ratios)
         # The verdict needs the noise on its side too: a ratio of sums near 0.95 with pairs
         # scattered over ±15 % decides nothing.
-        if lo >= 0.95:
+        if math.isnan(lo):
+            verdict = "not decided (fewer than two pairs: no interval)"
+        elif lo >= 0.95:
             verdict = "meets"
         elif hi < 0.95:
             verdict = "**misses**"
