@@ -12,6 +12,8 @@
 #include <fcntl.h>
 #include <linux/if.h>
 #include <linux/if_link.h>
+#include <linux/netfilter/nfnetlink.h>
+#include <linux/netfilter/nfnetlink_conntrack.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
 #include <linux/veth.h>
@@ -195,12 +197,19 @@ static void nl_nest_end(struct nlmsg *m, struct rtattr *a)
     a->rta_len = (unsigned short)((char *)m->u.buf + m->u.h.nlmsg_len - (char *)a);
 }
 
+/* A netlink socket of the protocol (NETLINK_ROUTE, NETLINK_NETFILTER) in the calling
+ * thread's namespace; -1 (logged) on failure. */
+static int nl_open_proto(int protocol)
+{
+    int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, protocol);
+    if (fd == -1)
+        log_error("netns: netlink socket (protocol %d): %s", protocol, strerror(errno));
+    return fd;
+}
+
 static int nl_open(void)
 {
-    int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
-    if (fd == -1)
-        log_error("netns: rtnetlink socket: %s", strerror(errno));
-    return fd;
+    return nl_open_proto(NETLINK_ROUTE);
 }
 
 static uint32_t nl_next_seq(void)
@@ -769,6 +778,135 @@ out:
     return NULL;
 }
 
+/* ---------------------------------------------------------------------------------------
+ * Conntrack: forgetting what an earlier sandbox at the same address left behind */
+
+#define CT_FORGET_BATCH 256 /* entries collected per dump; more means another round */
+
+struct ct_scan {
+    struct in_addr src;  /* the sandbox address whose entries go */
+    struct nlmsg *dels;  /* ready-made delete requests */
+    size_t n;
+    bool more;           /* the batch filled up: dump again after deleting */
+};
+
+/* The IPv4 source of a CTA_TUPLE_ORIG attribute, or false if it has none. */
+static bool ct_tuple_src(const struct rtattr *tuple, struct in_addr *src)
+{
+    int len = (int)RTA_PAYLOAD(tuple);
+    for (const struct rtattr *a = RTA_DATA(tuple); RTA_OK(a, len); a = RTA_NEXT(a, len)) {
+        if ((a->rta_type & NLA_TYPE_MASK) != CTA_TUPLE_IP)
+            continue;
+        int ilen = (int)RTA_PAYLOAD(a);
+        for (const struct rtattr *ip = RTA_DATA(a); RTA_OK(ip, ilen); ip = RTA_NEXT(ip, ilen))
+            if ((ip->rta_type & NLA_TYPE_MASK) == CTA_IP_V4_SRC && RTA_PAYLOAD(ip) == 4) {
+                memcpy(src, RTA_DATA(ip), 4);
+                return true;
+            }
+    }
+    return false;
+}
+
+/* For each dumped entry whose original source is s->src, prepares a delete request naming it
+ * by its original tuple (and zone, when it has one). */
+static void ct_scan_cb(const struct nlmsghdr *h, void *arg)
+{
+    struct ct_scan *s = arg;
+    if (NFNL_MSG_TYPE(h->nlmsg_type) != IPCTNL_MSG_CT_NEW)
+        return;
+    const struct rtattr *tuple = NULL, *zone = NULL;
+    int len = (int)(h->nlmsg_len - NLMSG_SPACE(sizeof(struct nfgenmsg)));
+    const struct rtattr *a =
+        (const struct rtattr *)((const char *)NLMSG_DATA(h) + NLMSG_ALIGN(sizeof(struct nfgenmsg)));
+    for (; RTA_OK(a, len); a = RTA_NEXT(a, len)) {
+        if ((a->rta_type & NLA_TYPE_MASK) == CTA_TUPLE_ORIG)
+            tuple = a;
+        if ((a->rta_type & NLA_TYPE_MASK) == CTA_ZONE && RTA_PAYLOAD(a) == 2)
+            zone = a;
+    }
+    struct in_addr src;
+    if (tuple == NULL || !ct_tuple_src(tuple, &src) || src.s_addr != s->src.s_addr)
+        return;
+    if (RTA_ALIGN(tuple->rta_len) + (zone ? RTA_ALIGN(zone->rta_len) : 0) + 64 >
+        sizeof(s->dels[0].u.buf))
+        return; /* no tuple is this large; skip rather than overflow */
+    if (s->n == CT_FORGET_BATCH) {
+        s->more = true; /* deleted in the next round */
+        return;
+    }
+    struct nlmsg *m = &s->dels[s->n++];
+    nl_init(m, (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE, 0);
+    struct nfgenmsg g = {.nfgen_family = AF_INET, .version = NFNETLINK_V0};
+    nl_put(m, &g, sizeof(g));
+    nl_put(m, tuple, tuple->rta_len);
+    if (zone)
+        nl_put(m, zone, zone->rta_len);
+}
+
+/* Kernel-side tuple filter flag for the original source address (CTA_FILTER_F_CTA_IP_SRC in
+ * the kernel's nf_internals.h, which uapi does not export). */
+#define CT_FILTER_IP_SRC (1u << 0)
+
+/* Builds the dump request for IPv4 entries; with filtered, the kernel (5.11 and later) sends
+ * only those whose original source is addr, which keeps a busy host's table off the wire. */
+static void ct_dump_request(struct nlmsg *m, struct in_addr addr, bool filtered)
+{
+    nl_init(m, (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET, 0);
+    struct nfgenmsg g = {.nfgen_family = AF_INET, .version = NFNETLINK_V0};
+    nl_put(m, &g, sizeof(g));
+    if (!filtered)
+        return;
+    struct rtattr *tuple = nl_attr(m, CTA_TUPLE_ORIG | NLA_F_NESTED, NULL, 0);
+    struct rtattr *ip = nl_attr(m, CTA_TUPLE_IP | NLA_F_NESTED, NULL, 0);
+    nl_attr(m, CTA_IP_V4_SRC, &addr.s_addr, 4);
+    nl_nest_end(m, ip);
+    nl_nest_end(m, tuple);
+    struct rtattr *filter = nl_attr(m, CTA_FILTER | NLA_F_NESTED, NULL, 0);
+    uint32_t orig = CT_FILTER_IP_SRC, reply = 0;
+    nl_attr(m, CTA_FILTER_ORIG_FLAGS, &orig, sizeof(orig));
+    nl_attr(m, CTA_FILTER_REPLY_FLAGS, &reply, sizeof(reply));
+    nl_nest_end(m, filter);
+}
+
+/* Deletes the host's connection-tracking entries whose original source is addr. Why: the
+ * host table DNATs the sandbox's DNS (UDP 53) to the daemon's resolver port, and UDP entries
+ * outlive a sandbox by 30-120 s. A new sandbox given the same address that picks a source port
+ * an old entry still holds is NATed to the old daemon's (closed) port, and its query vanishes.
+ * TCP needs no help (conntrack re-opens closed tuples), but one dump covers both. 0, or -1
+ * with errno; the caller's sandbox has sent nothing yet, so no live entry is lost. */
+static int conntrack_forget(struct in_addr addr)
+{
+    int fd = nl_open_proto(NETLINK_NETFILTER), rc = -1;
+    struct ct_scan s = {.src = addr, .dels = xcalloc(CT_FORGET_BATCH, sizeof(struct nlmsg))};
+    bool filtered = true;
+    if (fd == -1)
+        goto out;
+    do {
+        s.n = 0;
+        s.more = false;
+        struct nlmsg m;
+        ct_dump_request(&m, addr, filtered);
+        if (nl_dump(fd, &m, ct_scan_cb, &s) == -1) {
+            if (!filtered || (errno != EINVAL && errno != EOPNOTSUPP))
+                goto out;
+            filtered = false; /* a kernel before 5.11: dump everything, match here */
+            s.more = true;
+            continue;
+        }
+        for (size_t i = 0; i < s.n; i++)
+            if (nl_talk(fd, &s.dels[i], NULL, NULL) == -1 && errno != ENOENT)
+                goto out; /* ENOENT: it expired between the dump and now */
+    } while (s.more);
+    rc = 0;
+out:;
+    int e = errno;
+    free(s.dels);
+    if (fd != -1)
+        close(fd);
+    errno = e;
+    return rc;
+}
+
 /* Builds "<short>" from the sandbox id: its [a-z0-9] characters, lower-cased, at most max. */
 static size_t make_short(const char *id, char *out, size_t max)
 {
@@ -877,6 +1015,9 @@ struct netns_handle *netns_create(struct netns_pool *pool, const char *sandbox_i
         log_warn("netns: IPv6 stays enabled on %s (the host table drops it anyway)",
                  h->host_ifname);
     free(sysctl);
+    if (conntrack_forget(h->sandbox_addr) == -1)
+        log_warn("netns: clearing stale connection tracking for %s: %s (its first UDP "
+                 "packets may be lost)", h->name, strerror(errno));
     if (host_link_up(h->host_ifname) == -1) {
         err = errno;
         log_error("netns: bringing %s up: %s", h->host_ifname, strerror(errno));
