@@ -39,14 +39,9 @@ struct audit_log {
 
 static void sha256_hex(const void *p, size_t n, char out[AUDIT_HASH_HEX_LEN + 1])
 {
-    static const char digits[] = "0123456789abcdef";
     uint8_t md[SHA256_DIGEST_LENGTH];
-    SHA256(p, n, md);
-    for (size_t i = 0; i < sizeof(md); i++) {
-        out[2 * i] = digits[md[i] >> 4];
-        out[2 * i + 1] = digits[md[i] & 15];
-    }
-    out[AUDIT_HASH_HEX_LEN] = '\0';
+    sha256_digest(p, n, md);
+    hex_encode(md, sizeof(md), out);
 }
 
 static bool is_hash_hex(const char *s, size_t len)

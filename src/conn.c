@@ -1437,7 +1437,7 @@ static void hash_buffered_body(struct conn *c, size_t head_len, size_t len, char
     n = evbuffer_peek(in, (ev_ssize_t)len, &pos, vec, n);
     EVP_MD_CTX *sha = EVP_MD_CTX_new();
     unsigned char digest[32];
-    if (sha == NULL || EVP_DigestInit_ex(sha, EVP_sha256(), NULL) != 1)
+    if (sha == NULL || EVP_DigestInit_ex(sha, sha256_md(), NULL) != 1)
         abort(); /* OpenSSL fails here only without memory: the documented OOM policy */
     size_t left = len;
     for (int i = 0; i < n && left > 0; i++) {
@@ -1448,8 +1448,7 @@ static void hash_buffered_body(struct conn *c, size_t head_len, size_t len, char
     EVP_DigestFinal_ex(sha, digest, NULL);
     EVP_MD_CTX_free(sha);
     free(vec);
-    for (int i = 0; i < 32; i++)
-        snprintf(out + 2 * i, 3, "%02x", digest[i]);
+    hex_encode(digest, sizeof(digest), out);
 }
 
 /* Signs the request being parsed for an "aws" rule (SPEC §2) with the rule's credentials:

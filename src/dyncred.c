@@ -45,7 +45,7 @@ static void hash_str(EVP_MD_CTX *sha, const char *s)
 static EVP_MD_CTX *sha256_begin(void)
 {
     EVP_MD_CTX *sha = EVP_MD_CTX_new();
-    if (sha == NULL || EVP_DigestInit_ex(sha, EVP_sha256(), NULL) != 1)
+    if (sha == NULL || EVP_DigestInit_ex(sha, sha256_md(), NULL) != 1)
         abort();
     return sha;
 }
@@ -62,20 +62,23 @@ void dyncred_callback_key(const struct policy_callback *cb, const struct dyncred
                           uint8_t key[CREDCACHE_KEY_LEN])
 {
     EVP_MD_CTX *sha = sha256_begin();
-    char num[32];
+    /* Numbers as fixed-width bytes (no snprintf on the request path); the key never leaves
+     * this process, so its byte layout is free to change. */
+    uint8_t num[7] = {(uint8_t)(cb->ttl_seconds >> 24), (uint8_t)(cb->ttl_seconds >> 16),
+                      (uint8_t)(cb->ttl_seconds >> 8),  (uint8_t)cb->ttl_seconds,
+                      (uint8_t)cb->full_request,        (uint8_t)(rq->port >> 8),
+                      (uint8_t)rq->port};
     hash_str(sha, "callback");
     hash_str(sha, rq->tenant_id);
     hash_str(sha, rq->sandbox_id);
     hash_str(sha, cb->url);
-    snprintf(num, sizeof(num), "%u/%d", cb->ttl_seconds, cb->full_request);
-    hash_str(sha, num);
+    EVP_DigestUpdate(sha, num, 5);
     for (size_t i = 0; i < cb->n_request_headers; i++) {
         hash_str(sha, cb->request_headers[i].name);
         hash_str(sha, cb->request_headers[i].value);
     }
     hash_str(sha, rq->host);
-    snprintf(num, sizeof(num), "%u", rq->port);
-    hash_str(sha, num);
+    EVP_DigestUpdate(sha, num + 5, 2);
     if (cb->full_request) {
         size_t path_len = 0;
         while (path_len < rq->target_len && rq->target[path_len] != '?')

@@ -69,16 +69,6 @@ static int hex_val(char c)
     return -1;
 }
 
-static void hex_encode(const uint8_t *in, size_t n, char *out)
-{
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = digits[in[i] >> 4];
-        out[2 * i + 1] = digits[in[i] & 15];
-    }
-    out[2 * n] = '\0';
-}
-
 /* Decodes exactly 2*n hex characters into out; -1 on any non-hex character. */
 static int hex_decode(const char *s, uint8_t *out, size_t n)
 {

@@ -372,24 +372,14 @@ bool sigv4_is_signature_header(const char *name, size_t len)
 
 /* ---- Crypto (OpenSSL) ---- */
 
-static void sv_hex(const unsigned char *in, size_t n, char *out)
-{
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = digits[in[i] >> 4];
-        out[2 * i + 1] = digits[in[i] & 0xf];
-    }
-    out[2 * n] = '\0';
-}
-
 /* Exported: see sigv4.h. */
 int sigv4_sha256_hex(const void *data, size_t len, char out[65])
 {
     unsigned char md[32];
     unsigned int md_len = 0;
-    if (EVP_Digest(data, len, md, &md_len, EVP_sha256(), NULL) != 1 || md_len != sizeof(md))
+    if (EVP_Digest(data, len, md, &md_len, sha256_md(), NULL) != 1 || md_len != sizeof(md))
         return -1;
-    sv_hex(md, sizeof(md), out);
+    hex_encode(md, sizeof(md), out);
     return 0;
 }
 
@@ -835,7 +825,7 @@ int sigv4_sign(const struct sigv4_request *req, const struct sigv4_scope *scope,
         sv_hmac(keys[2], 32, "aws4_request", 12, keys[3]) != 0 ||
         sv_hmac(keys[3], 32, sts.p, sts.len, keys[4]) != 0)
         goto out;
-    sv_hex(keys[4], 32, sig_hex);
+    hex_encode(keys[4], 32, sig_hex);
 
     out->authorization = xasprintf(SIGV4_ALGORITHM " Credential=%s/%.8s/%s/%s/aws4_request, "
                                                    "SignedHeaders=%s, Signature=%s",

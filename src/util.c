@@ -19,6 +19,8 @@
 
 #include <event2/util.h>
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <pthread.h>
 
 static void out_of_memory(size_t n)
 {
@@ -355,4 +357,40 @@ void errlist_free(struct errlist *e)
     free(e->msgs);
     e->msgs = NULL;
     e->n = 0;
+}
+
+/* See util.h. */
+void hex_encode(const uint8_t *in, size_t n, char *out)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = digits[in[i] >> 4];
+        out[2 * i + 1] = digits[in[i] & 15];
+    }
+    out[2 * n] = '\0';
+}
+
+static EVP_MD *sha256_fetched;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+
+static void sha256_fetch(void)
+{
+    sha256_fetched = EVP_MD_fetch(NULL, "SHA2-256", NULL);
+    if (sha256_fetched == NULL)
+        abort(); /* the default provider always has SHA-256: only memory can be missing */
+}
+
+/* See util.h. */
+const EVP_MD *sha256_md(void)
+{
+    pthread_once(&sha256_once, sha256_fetch);
+    return sha256_fetched;
+}
+
+/* See util.h. */
+void sha256_digest(const void *p, size_t n, uint8_t out[32])
+{
+    unsigned len = 0;
+    if (EVP_Digest(p, n, out, &len, sha256_md(), NULL) != 1 || len != 32)
+        abort();
 }

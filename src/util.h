@@ -21,6 +21,17 @@ char *xstrndup(const char *s, size_t n);
 /* printf into a fresh heap string; the caller frees it. */
 char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* Lower-case hex of n bytes into out, which holds 2 * n + 1 bytes (NUL-terminated). */
+void hex_encode(const uint8_t *in, size_t n, char *out);
+
+/* The SHA-256 EVP_MD, fetched from the default provider once per process (pthread_once, never
+ * freed: immutable after the first call, the one process-wide cache of this module). Why not
+ * EVP_sha256() or SHA256(): OpenSSL 3 looks the algorithm up in its provider store on every
+ * such use, under a lock, which costs more than hashing a short input on the request path. */
+const struct evp_md_st *sha256_md(void);
+/* SHA-256 of n bytes at p into out[32]. Aborts only if OpenSSL is out of memory (OOM policy). */
+void sha256_digest(const void *p, size_t n, uint8_t out[32]);
+
 /* Overwrites n bytes at p with zeros in a way the compiler cannot elide. */
 void secure_zero(void *p, size_t n);
 /* Makes jansson allocate through xmalloc and zero every block it frees: config and API
