@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +30,7 @@
 #include <openssl/x509v3.h>
 
 #include "glob.h"
+#include "log.h"
 #include "util.h"
 
 #define UPSTREAM_SESSION_CAP 1024 /* host:port pairs remembered per configuration */
@@ -45,7 +47,8 @@ struct upstream_session {
 
 struct tls_upstream {
     SSL_CTX *ctx;         /* owned */
-    pthread_mutex_t lock; /* guards the session cache */
+    pthread_mutex_t lock; /* guards the session cache and the trust store's loading */
+    _Atomic bool system_trust; /* the system trust store is in ctx (see upstream_load_trust) */
     bool lock_init;
     struct upstream_session *buckets[UPSTREAM_BUCKETS];
     struct upstream_session *lru_head, *lru_tail;
@@ -289,11 +292,8 @@ struct tls_upstream *tls_upstream_new(const char *extra_ca_file, char *err, size
     SSL_CTX_set_session_cache_mode(u->ctx,
                                    SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
     SSL_CTX_sess_set_new_cb(u->ctx, upstream_new_session);
-    if (SSL_CTX_set_default_verify_paths(u->ctx) != 1) {
-        upstream_err(err, err_len, "cannot load the system trust store: %s",
-                     upstream_ossl_reason());
-        goto fail;
-    }
+    /* The system trust store is loaded at the first upstream TLS connection (see
+     * upstream_load_trust); the extra bundle now, so a bad upstream_ca_file fails the start. */
     if (extra_ca_file != NULL) {
         struct stat st;
         if (stat(extra_ca_file, &st) == -1) {
@@ -326,6 +326,30 @@ void tls_upstream_free(struct tls_upstream *u)
     free(u);
 }
 
+/* Adds the system trust store to u->ctx, once, before the first SSL is made from it. Why lazily:
+ * decoding the ~140 certificates of the system bundle (and freeing them at exit) is about 15 ms
+ * of every start, and `authproxy sandbox run` starts a proxy for each command, many of which
+ * never open an upstream TLS connection. Every SSL is made after this returns true, so no
+ * handshake ever runs against a store that is still being filled. False (logged) if OpenSSL
+ * cannot load it: the caller then refuses the connection. */
+static bool upstream_load_trust(struct tls_upstream *u)
+{
+    if (u->system_trust)
+        return true;
+    pthread_mutex_lock(&u->lock);
+    bool ok = u->system_trust;
+    if (!ok) {
+        ok = SSL_CTX_set_default_verify_paths(u->ctx) == 1;
+        if (ok)
+            u->system_trust = true;
+        else
+            log_error("tls_upstream: cannot load the system trust store: %s",
+                      upstream_ossl_reason());
+    }
+    pthread_mutex_unlock(&u->lock);
+    return ok;
+}
+
 SSL *tls_upstream_new_ssl(struct tls_upstream *u, const char *host, uint16_t port)
 {
     char name[UPSTREAM_NAME_MAX + 1];
@@ -355,6 +379,8 @@ SSL *tls_upstream_new_ssl(struct tls_upstream *u, const char *host, uint16_t por
         return NULL;
     }
 
+    if (!upstream_load_trust(u))
+        goto fail;
     ssl = SSL_new(u->ctx);
     if (ssl == NULL)
         goto fail;
