@@ -41,6 +41,7 @@
 #include "glob.h"
 #include "http1.h"
 #include "log.h"
+#include "outflush.h"
 #include "policy.h"
 #include "registry.h"
 #include "sandbox_limits.h"
@@ -125,6 +126,7 @@ struct conn {
     enum conn_state state;
     int fd;
     struct bufferevent *client; /* socket or TLS over the socket */
+    struct outflush client_flush; /* attached while client is a plain socket bufferevent */
     char peer[64];
     struct event *timer;   /* head timeout / idle timeout while between requests */
     struct event *peek_ev; /* TUNNEL_ACCEPTING: client's first byte */
@@ -300,6 +302,7 @@ static void conn_close(struct conn *c)
         event_free(c->peek_ev);
     if (c->repeek_timer)
         event_free(c->repeek_timer);
+    outflush_detach(&c->client_flush);
     if (c->client)
         bufferevent_free(c->client); /* a TLS/plain bufferevent made after CONNECT owns the fd */
     if (c->fd != -1)
@@ -1177,6 +1180,7 @@ static void start_client_plain(struct conn *c)
         conn_close(c);
         return;
     }
+    outflush_attach(&c->client_flush, &c->w->outflush, c->client);
     c->fd = -1;
     enter_read_head(c);
 }
@@ -1198,6 +1202,7 @@ static void peek_first_byte_cb(evutil_socket_t fd, short what, void *arg)
         conn_close(c);
         return;
     }
+    outflush_detach(&c->client_flush);
     bufferevent_free(c->client); /* no BEV_OPT_CLOSE_ON_FREE: the fd stays open */
     c->client = NULL;
     if (b == 0x16) {
@@ -1889,6 +1894,7 @@ static void transparent_bypass(struct conn *c, bool allow_internal)
         conn_close(c);
         return;
     }
+    outflush_attach(&c->client_flush, &c->w->outflush, c->client);
     c->fd = -1;
     bufferevent_disable(c->client, EV_READ);
     c->state = CONN_TUNNEL_CONNECTING;
@@ -2075,6 +2081,7 @@ void conn_accept_explicit(struct worker *w, int fd, const struct sockaddr *peer,
         conn_close(c);
         return;
     }
+    outflush_attach(&c->client_flush, &w->outflush, c->client);
     enter_read_head(c);
     if (!admit_connection(c, NULL)) {
         respond_and_close(c, 429, "too many connections from this address");

@@ -104,6 +104,8 @@ static void uc_finish(struct upstream_connect *uc, enum upstream_error err, cons
         uc->bev = NULL;
         uc->fd = -1;
         bufferevent_setcb(u->bev, NULL, NULL, NULL, NULL);
+        if (!u->tls)
+            outflush_attach(&u->flush, &u->w->outflush, u->bev);
     }
     upstream_connect_cb cb = uc->cb;
     void *arg = uc->arg;
@@ -522,6 +524,7 @@ void upstream_free(struct upstream *u)
 {
     if (u == NULL)
         return;
+    outflush_detach(&u->flush);
     if (u->bev)
         bufferevent_free(u->bev);
     free(u->key);

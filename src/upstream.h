@@ -12,6 +12,7 @@
 
 #include <openssl/ssl.h>
 
+#include "outflush.h"
 #include "worker.h"
 
 struct bufferevent;
@@ -26,6 +27,7 @@ struct upstream {
     bool tls;
     uint64_t idle_since_us;
     uint64_t requests; /* requests served on this connection so far */
+    struct outflush flush; /* attached for plain connections (outflush.h) */
 };
 
 enum upstream_error {

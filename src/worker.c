@@ -171,6 +171,10 @@ struct worker *worker_new(int index, const struct serve_shared *shared, int prox
     evdns_base_load_hosts(w->dns, NULL);
     evdns_base_set_option(w->dns, "timeout:", "3");
     evdns_base_set_option(w->dns, "attempts:", "2");
+    if (outflush_queue_init(&w->outflush, w->base) != 0) {
+        snprintf(err, err_len, "cannot create the output flush event");
+        goto fail;
+    }
     w->wakeup = event_new(w->base, -1, EV_PERSIST, wakeup_cb, w);
     event_priority_set(w->wakeup, 0);
     event_add(w->wakeup, NULL);
@@ -260,6 +264,7 @@ void worker_join_and_free(struct worker *w)
         event_free(w->wakeup);
     if (w->accept_resume)
         event_free(w->accept_resume);
+    outflush_queue_free(&w->outflush); /* every conn and upstream is gone: none is queued */
     if (w->dns)
         evdns_base_free(w->dns, 1);
     if (w->base)

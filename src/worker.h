@@ -15,6 +15,7 @@
 #include <sys/queue.h>
 
 #include "metrics.h"
+#include "outflush.h"
 #include "snapshot.h"
 
 struct event_base;
@@ -74,6 +75,7 @@ struct worker {
     size_t n_idle_upstreams;
     bool draining; /* stop accepting; close connections as they go idle */
     struct dyncred_fetch_list fetches; /* credential exchanges this worker runs for everyone */
+    struct outflush_queue outflush;    /* plain sockets' output written once per turn */
 
     atomic_uint_fast64_t applied_version; /* the snapshot version now in use (any thread reads) */
     struct metrics metrics;               /* written by this worker, read by /metrics scrapes */
