@@ -935,28 +935,72 @@ static int host_link_up(const char *name)
     return rc;
 }
 
+/* Deletes the host link h->host_ifname (del), or sets it down and removes its address, which
+ * frees the sandbox's slot in the pool at once. From the calling thread's (host) namespace. 0,
+ * or -1 with errno (ENODEV: there is no such link). */
+static int host_link_retire(const struct netns_handle *h, bool del)
+{
+    int nl = nl_open(), rc = -1;
+    if (nl == -1)
+        return -1;
+    if (del) {
+        rc = nl_link_del(nl, h->host_ifname);
+        goto out;
+    }
+    int idx = nl_ifindex(nl, h->host_ifname);
+    if (idx == 0)
+        goto out;
+    struct nlmsg m;
+    nl_init(&m, RTM_NEWLINK, 0);
+    struct ifinfomsg ifi = {
+        .ifi_family = AF_UNSPEC, .ifi_index = idx, .ifi_flags = 0, .ifi_change = IFF_UP};
+    nl_put(&m, &ifi, sizeof(ifi));
+    if (nl_talk(nl, &m, NULL, NULL) == -1)
+        goto out;
+    nl_init(&m, RTM_DELADDR, 0);
+    struct ifaddrmsg ifa = {.ifa_family = AF_INET,
+                            .ifa_prefixlen = (unsigned char)h->prefix_len,
+                            .ifa_index = (unsigned)idx};
+    nl_put(&m, &ifa, sizeof(ifa));
+    nl_attr(&m, IFA_LOCAL, &h->host_addr, sizeof(h->host_addr));
+    rc = nl_talk(nl, &m, NULL, NULL) == -1 && errno != EADDRNOTAVAIL ? -1 : 0;
+out:;
+    int e = errno;
+    close(nl);
+    errno = e;
+    return rc;
+}
+
 /* Removes h's host link, host table and namespace mount, each only when its flag is set (a
  * failed create passes what it made itself, so it never removes a same-named sandbox that was
- * there first), and closes the namespace fd. Runs in the caller's thread (host namespace). */
+ * there first), and closes the namespace fd. Runs in the caller's thread (host namespace).
+ *
+ * The veth pair is not deleted here but set down, stripped of its address (the slot is free
+ * again at once) and left to the kernel: once the namespace's last reference (the mount, h->fd;
+ * callers have stopped every process in it) is gone, the kernel dismantles it in the
+ * background, veth pair included. Deleting the link ourselves waits for RCU grace periods,
+ * 20-30 ms of every sandbox's teardown. Down comes first and is synchronous, so from here on
+ * nothing passes between the namespace and the host, even if something we do not know of keeps
+ * the namespace alive; if the mount cannot be removed the link is deleted after all. */
 static int teardown(struct netns_handle *h, bool link, bool table, bool mnt)
 {
     int rc = 0;
-    if (link) {
-        int nl = nl_open();
-        if (nl == -1 || nl_link_del(nl, h->host_ifname) == -1) {
-            log_error("netns: deleting link %s: %s", h->host_ifname, strerror(errno));
-            rc = -1;
-        }
-        if (nl != -1)
-            close(nl);
-    }
-    if (table && nft_table_del("inet", h->host_table) == -1)
-        rc = -1;
+    bool link_left = link;
+    if (link && mnt && host_link_retire(h, false) == 0)
+        link_left = false; /* down; goes with the namespace unless the unmount fails below */
     if (h->fd != -1) {
         close(h->fd);
         h->fd = -1;
     }
-    if (mnt && netns_unmount(h->path) == -1)
+    if (mnt && netns_unmount(h->path) == -1) {
+        rc = -1;
+        link_left = link;
+    }
+    if (link_left && host_link_retire(h, true) == -1 && errno != ENODEV) {
+        log_error("netns: deleting link %s: %s", h->host_ifname, strerror(errno));
+        rc = -1;
+    }
+    if (table && nft_table_del("inet", h->host_table) == -1)
         rc = -1;
     return rc;
 }

@@ -52,6 +52,17 @@ def links(d):
     return [line for line in out.splitlines() if (" %s-" % lp) in line]
 
 
+def links_after_teardown(d, timeout=5.0):
+    """links(d) once the kernel has dismantled the stopped boxes' namespaces: a teardown sets
+    the host end down and leaves the veth pair to go with its namespace, in the background."""
+    deadline = time.monotonic() + timeout
+    left = links(d)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = links(d)
+    return left
+
+
 def nft_tables(d):
     prefix, _ = prefixes(d)
     out = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
@@ -375,7 +386,7 @@ def test_twenty_boxes_created_and_deleted_leave_nothing_behind(env):
         box = env.box("loop-%d" % i)
         assert env.ok_run(box, "true")["exit_code"] == 0
         assert env.api.delete_box("loop-%d" % i).status_code == 204
-    assert netns_names(d) == [] and links(d) == [] and nft_tables(d) == []
+    assert netns_names(d) == [] and links_after_teardown(d) == [] and nft_tables(d) == []
     assert cgroups(d) == set() and box_dirs(d) == []
 
 
@@ -422,7 +433,8 @@ def test_shutdown_answers_running_commands_and_removes_every_runtime(env):
     t.join(10)
     assert running["r"].status_code == 503, running["r"].text
     assert host_procs("sleep 6031") == []
-    assert netns_names(d) == [] and links(d) == [] and nft_tables(d) == [] and cgroups(d) == set()
+    assert netns_names(d) == [] and nft_tables(d) == [] and cgroups(d) == set()
+    assert links_after_teardown(d) == []
     assert box["id"] in box_dirs(d), "a box's files must survive a daemon restart"
 
 

@@ -418,6 +418,10 @@ def test_a_sandbox_at_a_reused_address_loses_no_dns_to_its_predecessors_conntrac
         return out["address"], int(out["lost"])
 
     first_addr, _ = burst(4000, "first")   # leaves ~4000 UDP entries for its address
+    # Its veth goes with its namespace, in the background: wait, so the next one gets the address.
+    deadline = time.monotonic() + 5
+    while any(kind == "link" for kind, _ in host_objects()) and time.monotonic() < deadline:
+        time.sleep(0.05)
     second_addr, lost = burst(400, "second")
     if second_addr != first_addr:
         pytest.skip("another sandbox held the address meanwhile (%s, then %s)"
