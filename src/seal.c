@@ -384,21 +384,14 @@ out:
     return rc;
 }
 
-/* Writes the keyring's keys to path atomically: a 0600 temporary created with O_EXCL, fsync,
- * then rename() over path (replace) or link() to path (first creation, never overwriting).
+/* Writes the keyring's keys to path atomically (write_file_atomic: a 0600 temporary, fsync,
+ * rename() over path when replace, else link() for a first creation that never overwrites).
  * Returns 0 on success, 1 when !replace and path already exists (nothing written), -1 with *err.
  * The serialised text is zeroed before it is freed. */
 static int kr_write_file(const struct seal_keyring *kr, const char *path, bool replace, char **err)
 {
-    char *tmp = xasprintf("%s.tmp.XXXXXX", path);
     size_t cap = 128 + kr->n * 128, len = 0;
     char *text = xmalloc(cap);
-    int rc = -1;
-    int fd = mkstemp(tmp); /* O_CREAT | O_EXCL, mode 0600 */
-    if (fd == -1) {
-        *err = xasprintf("cannot create a temporary key file beside %s: %s", path, strerror(errno));
-        goto out;
-    }
     len += (size_t)snprintf(text + len, cap - len,
                             "# authproxy keyring: the first key is current (seals); later keys "
                             "only unseal.\n");
@@ -409,42 +402,9 @@ static int kr_write_file(const struct seal_keyring *kr, const char *path, bool r
         len += 2 * SEAL_KEY_LEN;
         text[len++] = '\n';
     }
-    if (fchmod(fd, 0600) == -1 || write_all(fd, text, len) == -1 || fsync(fd) == -1) {
-        *err = xasprintf("cannot write key file %s: %s", tmp, strerror(errno));
-        goto out;
-    }
-    if (close(fd) == -1) {
-        fd = -1;
-        *err = xasprintf("cannot write key file %s: %s", tmp, strerror(errno));
-        goto out;
-    }
-    fd = -1;
-    if (replace) {
-        if (rename(tmp, path) == -1) {
-            *err = xasprintf("cannot replace key file %s: %s", path, strerror(errno));
-            goto out;
-        }
-    } else if (link(tmp, path) == -1) {
-        if (errno == EEXIST) {
-            rc = 1;
-            goto out;
-        }
-        *err = xasprintf("cannot create key file %s: %s", path, strerror(errno));
-        goto out;
-    }
-    if (fsync_parent_dir(path) == -1) {
-        *err = xasprintf("cannot sync the directory of %s: %s", path, strerror(errno));
-        goto out;
-    }
-    rc = 0;
-out:
-    if (fd != -1)
-        close(fd);
-    if (fd != -1 || rc != 0 || !replace)
-        (void)unlink(tmp); /* after link() or a failure; after rename() it is gone already */
+    int rc = write_file_atomic(path, text, len, replace, err);
     secure_zero(text, cap);
     free(text);
-    free(tmp);
     return rc;
 }
 
@@ -536,20 +496,7 @@ const char *seal_keyring_path(const struct seal_keyring *kr)
 static int keyfile_lock(const char *path, char **err)
 {
     char *lock = xasprintf("%s.lock", path);
-    int fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd == -1) {
-        *err = xasprintf("cannot open lock file %s: %s", lock, strerror(errno));
-        goto out;
-    }
-    while (flock(fd, LOCK_EX) == -1) {
-        if (errno == EINTR)
-            continue;
-        *err = xasprintf("cannot lock %s: %s", lock, strerror(errno));
-        close(fd);
-        fd = -1;
-        break;
-    }
-out:
+    int fd = lock_file_open(lock, LOCK_EX, err);
     free(lock);
     return fd;
 }

@@ -667,16 +667,12 @@ static int mitm_load_or_create_ca(struct tls_mitm *m, const char *dir, char *err
     char *crt_path = xasprintf("%s/ca.crt", dir);
     char *lock_path = xasprintf("%s/ca.lock", dir);
 
-    lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    char *lock_err = NULL;
+    lock_fd = lock_file_open(lock_path, LOCK_EX, &lock_err);
     if (lock_fd == -1) {
-        mitm_err(err, err_len, "cannot open %s: %s", lock_path, strerror(errno));
+        mitm_err(err, err_len, "%s", lock_err);
+        free(lock_err);
         goto out;
-    }
-    while (flock(lock_fd, LOCK_EX) == -1) {
-        if (errno != EINTR) {
-            mitm_err(err, err_len, "cannot lock %s: %s", lock_path, strerror(errno));
-            goto out;
-        }
     }
     key_fd = open(key_path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
     if (key_fd == -1 && errno == ENOENT)
