@@ -35,6 +35,9 @@ set -uo pipefail
 
 cd "$(dirname "$0")/.." || exit 1
 ROOT=$PWD
+LOG_TAG=bench-callbacks
+# shellcheck source=bench/lib.sh # die, note, the origin and proxy setup shared by the benches
+. "$ROOT/bench/lib.sh"
 BIN=${AUTHPROXY_BIN:-$ROOT/build/authproxy}
 OUT=$ROOT/build/bench
 CONNS=${BENCH_CONNS:-32}
@@ -51,14 +54,8 @@ HELPER=$ROOT/bench/callbacks_helper.py
 LG=$OUT/loadgen
 STATIC_SECRET=bench-static-secret
 CB_SECRET=bench-callbk-secret # same length as STATIC_SECRET: the same bytes reach nginx
-CLK_TCK=$(getconf CLK_TCK)
 
-die() { echo "bench-callbacks: $*" >&2; exit 1; }
-note() { echo "bench-callbacks: $*" >&2; }
-
-for tool in nginx wrk openssl python3 curl cc pkg-config; do
-    command -v "$tool" >/dev/null 2>&1 || die "$tool is not installed"
-done
+require_tools "" nginx wrk openssl python3 curl cc pkg-config
 [ -x "$BIN" ] || die "$BIN not found (run make)"
 
 # 1000 concurrent connections: the client, the proxy (two fds each) and nginx need the room.
@@ -67,32 +64,12 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null
     note "WARNING: open-file limit $(ulimit -n) is low for a storm of $STORM_N"
 
 mkdir -p "$OUT"
-WORK=$(mktemp -d /tmp/authproxy-bench-cb.XXXXXX)
-chmod 755 "$WORK"
-mkdir -p "$WORK/pki" "$WORK/logs" "$WORK/nginx/tmp" "$WORK/state"
+make_work /tmp/authproxy-bench-cb.XXXXXX pki logs nginx/tmp state
 RESULTS=$WORK/results.txt
 : > "$RESULTS"
 
-PIDS=()
-cleanup() {
-    local p
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    if [ "${BENCH_KEEP:-0}" = 1 ]; then note "work dir kept: $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# listening PORT PID: true once something accepts on 127.0.0.1:PORT (15 s at most, PID alive).
-listening() {
-    local _
-    for _ in $(seq 150); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        kill -0 "$2" 2>/dev/null || return 1
-        sleep 0.1
-    done
-    return 1
-}
+# shellcheck disable=SC2016 # expanded at exit
+trap_exit 'cleanup "${BENCH_KEEP:-0}"' # BENCH_KEEP=1 keeps the work dir
 
 # cpu_ns PID...: CPU time the processes (all their threads) have run so far, in ns
 # (schedstat: exact, where /proc/PID/stat counts 10 ms ticks).
@@ -105,17 +82,14 @@ cpu_ns() {
     done
     echo "$sum"
 }
-# all_ticks: the whole machine's user+nice+system+steal ticks so far.
-all_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $9; exit}' /proc/stat; }
 
 # quiet: waits (at most what is left of BENCH_QUIET_WAIT) for other load under 0.25 cores;
 # prints the load it saw last.
 quiet() {
-    local a b load
+    local load
     while :; do
-        a=$(all_ticks); sleep 1; b=$(all_ticks)
-        load=$(awk -v d=$((b - a)) -v h="$CLK_TCK" 'BEGIN {printf "%.2f", d / h}')
-        if awk -v l="$load" 'BEGIN {exit !(l < 0.25)}' || [ "$QUIET_WAIT" -le 0 ]; then
+        load=$(machine_load 1)
+        if is_quiet "$load" || [ "$QUIET_WAIT" -le 0 ]; then
             echo "$load"
             return
         fi
@@ -125,47 +99,15 @@ quiet() {
 
 # --- load generator, PKI, origin ---------------------------------------------------------------
 
-if [ ! -x "$LG" ] || [ "$ROOT/bench/loadgen.c" -nt "$LG" ]; then
-    # shellcheck disable=SC2046 # pkg-config's flags are meant to split
-    cc -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror -pthread "$ROOT/bench/loadgen.c" -o "$LG" \
-        $(pkg-config --cflags --libs openssl) -lm || die "loadgen does not compile"
-fi
+build_loadgen || die "loadgen does not compile"
 
-PKI=$WORK/pki
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-    -subj "/CN=authproxy bench-callbacks CA" -keyout "$PKI/ca.key" -out "$PKI/ca.crt" 2>/dev/null ||
-    die "openssl: cannot make the bench CA"
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=static.test" \
-    -keyout "$PKI/origin.key" -out "$PKI/origin.csr" 2>/dev/null
-printf 'subjectAltName=DNS:static.test,DNS:cb.test,DNS:*.storm.test\nextendedKeyUsage=serverAuth\n' \
-    > "$PKI/ext.cnf"
-openssl x509 -req -in "$PKI/origin.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
-    -days 2 -extfile "$PKI/ext.cnf" -out "$PKI/origin.crt" 2>/dev/null || die "openssl: cannot sign the origin"
-chmod 644 "$PKI"/*
+make_pki "authproxy bench-callbacks CA" static.test \
+    "subjectAltName=DNS:static.test,DNS:cb.test,DNS:*.storm.test" extendedKeyUsage=serverAuth
 
-read -r NG_HTTP NG_HTTPS AP_PORT AP_CTL <<<"$(python3 -c '
-import socket
-ss = [socket.socket() for _ in range(4)]
-for s in ss: s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in ss))')"
+read -r NG_HTTP NG_HTTPS AP_PORT AP_CTL <<<"$(free_ports 4)"
 
-cat > "$WORK/nginx/nginx.conf" <<EOF
 # The origin of the dynamic-credential benchmarks: run.sh's, reduced to what is measured here.
-worker_processes 2;
-worker_rlimit_nofile 20000;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/logs/nginx-error.log warn;
-events { worker_connections 10000; }
-http {
-    access_log off;
-    client_body_temp_path $WORK/nginx/tmp/body;
-    proxy_temp_path $WORK/nginx/tmp/proxy;
-    fastcgi_temp_path $WORK/nginx/tmp/fastcgi;
-    uwsgi_temp_path $WORK/nginx/tmp/uwsgi;
-    scgi_temp_path $WORK/nginx/tmp/scgi;
-    keepalive_requests 100000000;
-    keepalive_timeout 300s;
-    default_type text/plain;
+write_nginx_conf <<EOF
     server {
         listen 127.0.0.1:$NG_HTTP;
         listen 127.0.0.1:$NG_HTTPS ssl;
@@ -175,17 +117,12 @@ http {
         location = / { return 200 "ok\n"; }
         location = /check { return 200 "authorization=\$http_authorization\n"; }
     }
-}
 EOF
-nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" -e "$WORK/logs/nginx-error.log" -g 'daemon off;' \
-    > "$WORK/logs/nginx.out" 2>&1 &
-NGINX_PID=$!
-PIDS+=("$NGINX_PID")
-listening "$NG_HTTPS" "$NGINX_PID" || { cat "$WORK/logs/nginx-error.log" >&2; die "nginx did not start"; }
+start_nginx "$NG_HTTPS" || { cat "$WORK/logs/nginx-error.log" >&2; die "nginx did not start"; }
 # nginx_cpu_ns: cpu_ns of the nginx master and its workers.
 nginx_cpu_ns() {
     local pids
-    read -ra pids <<<"$NGINX_PID $(ps -o pid= --ppid "$NGINX_PID" | tr '\n' ' ')"
+    read -ra pids <<<"$(nginx_pids)"
     cpu_ns "${pids[@]}"
 }
 
@@ -228,12 +165,7 @@ EOF
 chmod 600 "$WORK/authproxy.json"
 "$BIN" ca cert --state-dir "$WORK/state" > "$WORK/authproxy-ca.crt" 2>>"$WORK/logs/authproxy.out" ||
     die "authproxy ca cert failed: $(tail -3 "$WORK/logs/authproxy.out")"
-"$BIN" serve --config "$WORK/authproxy.json" --state-dir "$WORK/state" \
-    --listen-proxy "127.0.0.1:$AP_PORT" --listen-control "127.0.0.1:$AP_CTL" --workers 2 \
-    --audit-log "$WORK/logs/audit.log" --upstream-dns 127.0.0.1:1 >> "$WORK/logs/authproxy.out" 2>&1 &
-AP_PID=$!
-PIDS+=("$AP_PID")
-listening "$AP_PORT" "$AP_PID" || die "authproxy did not start: $(tail -3 "$WORK/logs/authproxy.out")"
+start_serve "$AP_PORT" || die "authproxy did not start: $(tail -3 "$WORK/logs/authproxy.out")"
 
 # Check each host's header at the origin (this is also the callback cache's warm-up request),
 # over plain HTTP and through the intercepted TLS path.
@@ -258,9 +190,9 @@ measure() {
     local run=$1 pair=$2 side=$3
     shift 3
     local c0 c1 n0 n1 m0 m1 w0 w1 line client TIMEFORMAT='%3U %3S'
-    c0=$(cpu_ns "$AP_PID"); n0=$(nginx_cpu_ns); m0=$(all_ticks); w0=$(date +%s.%N)
+    c0=$(cpu_ns "$AP_PID"); n0=$(nginx_cpu_ns); m0=$(machine_ticks); w0=$(date +%s.%N)
     { time "$@" > "$WORK/run.out" 2>>"$WORK/logs/client.err"; } 2> "$WORK/run.time"
-    w1=$(date +%s.%N); m1=$(all_ticks); c1=$(cpu_ns "$AP_PID"); n1=$(nginx_cpu_ns)
+    w1=$(date +%s.%N); m1=$(machine_ticks); c1=$(cpu_ns "$AP_PID"); n1=$(nginx_cpu_ns)
     client=$(awk '{printf "%.2f", $1 + $2}' "$WORK/run.time")
     line=$(grep '^RESULT' "$WORK/run.out" | tail -1)
     [ -n "$line" ] || line="RESULT failed=1 rps=0 requests=0 requests_all=0 secs=1 errors=1"
@@ -337,7 +269,7 @@ done
 
 {
     echo "META date=$(date -u +%Y-%m-%dT%H:%MZ) nproc=$(nproc) conns=$CONNS slice=$SLICE pairs=$PAIRS paced_pairs=$PACED_PAIRS rate=$RATE load_before=$LOAD_BEFORE"
-    echo "META commit=${BENCH_TREE:-$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)} ka_callback_calls=$KA_CALLS"
+    echo "META commit=${BENCH_TREE:-$(tree_id)} ka_callback_calls=$KA_CALLS"
     echo "META authproxy=$("$BIN" version 2>/dev/null | head -1 | tr ' ' '_')"
 } >> "$RESULTS"
 [ -s "$WORK/logs/client.err" ] && note "client stderr (last lines):" && tail -5 "$WORK/logs/client.err" >&2

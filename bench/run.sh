@@ -16,6 +16,9 @@ set -uo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+LOG_TAG=bench
+# shellcheck source=bench/lib.sh # die, note, the origin and proxy setup shared by the benches
+. "$ROOT/bench/lib.sh"
 BIN=${AUTHPROXY_BIN:-$ROOT/build/authproxy}
 OUT=$ROOT/build/bench
 DUR=${BENCH_DURATION:-6}
@@ -29,82 +32,24 @@ MITM_IDLE=${BENCH_MITM_IDLE:-500}
 MITM=${BENCH_MITM:-1}
 NAME=origin.test
 SECRET=bench-secret
-CLK_TCK=$(getconf CLK_TCK)
 
-die() { echo "bench: $*" >&2; exit 1; }
-note() { echo "bench: $*" >&2; }
-
-for tool in nginx wrk openssl python3 curl cc pkg-config; do
-    command -v "$tool" >/dev/null 2>&1 || die "$tool is not installed (Debian: nginx-light wrk openssl python3 curl gcc pkg-config)"
-done
+require_tools "Debian: nginx-light wrk openssl python3 curl gcc pkg-config" \
+    nginx wrk openssl python3 curl cc pkg-config
 
 mkdir -p "$OUT"
-WORK=$(mktemp -d /tmp/authproxy-bench.XXXXXX)
-chmod 755 "$WORK" # nginx workers drop to nobody when started as root
-mkdir -p "$WORK/pki" "$WORK/logs" "$WORK/nginx/tmp" "$WORK/state" "$WORK/mitm"
+make_work /tmp/authproxy-bench.XXXXXX pki logs nginx/tmp state mitm
 RESULTS=$WORK/results.txt
 : > "$RESULTS"
 
-PIDS=()
-cleanup() {
-    local p
-    for p in "${PIDS[@]}"; do
-        kill "$p" 2>/dev/null || true
-    done
-    for p in "${PIDS[@]}"; do
-        wait "$p" 2>/dev/null || true
-    done
-    if [ "${BENCH_KEEP:-0}" = 1 ]; then
-        note "work dir kept: $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# shellcheck disable=SC2016 # expanded at exit
+trap_exit 'cleanup "${BENCH_KEEP:-0}"' # BENCH_KEEP=1 keeps the work dir
 
-# --- helpers -----------------------------------------------------------------------------------
+# --- helpers (the common ones are in bench/lib.sh) ----------------------------------------------
 
-# free_ports N: N distinct free TCP ports on 127.0.0.1 (bound together, then released).
-free_ports() {
-    python3 -c '
-import socket, sys
-ss = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in ss:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in ss))' "$1"
-}
-
-# wait_port PORT PID: waits up to 15 s for a listener on PORT while PID lives.
-wait_port() {
-    local i
-    for i in $(seq 150); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
-            return 0
-        fi
-        kill -0 "$2" 2>/dev/null || return 1
-        sleep 0.1
-    done
-    return 1
-}
-
-# cpu_ticks PID...: user+system clock ticks of the processes (all their threads) so far.
-cpu_ticks() {
-    local total=0 p rest
-    for p in "$@"; do
-        [ -r "/proc/$p/stat" ] || continue
-        rest=$(sed 's/.*) //' "/proc/$p/stat")
-        # after "pid (comm) ": field 3 is state, so utime/stime (fields 14/15) are 12th/13th here
-        total=$((total + $(echo "$rest" | awk '{print $12 + $13}')))
-    done
-    echo "$total"
-}
-
+# rss_kib PID: the process's resident set size in KiB.
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
-# machine_ticks: user+nice+system+steal clock ticks of the whole machine so far (interrupt time
-# left out: loopback traffic puts softirq work there that belongs to no process).
-machine_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $9; exit}' /proc/stat; }
+# now_s: the wall clock in seconds, with nanoseconds.
 now_s() { date +%s.%N; }
 
 # The machine is shared (other sessions build, test and fuzz on it). The harness waits for it to
@@ -114,13 +59,10 @@ QUIET_BUDGET=${BENCH_QUIET_WAIT:-60}
 
 # wait_quiet: before the first run; waits up to half the budget and says what it saw.
 wait_quiet() {
-    local limit=$((QUIET_BUDGET / 2)) waited=0 t0 t1 load
+    local limit=$((QUIET_BUDGET / 2)) waited=0 load
     while :; do
-        t0=$(machine_ticks)
-        sleep 2
-        t1=$(machine_ticks)
-        load=$(awk -v d=$((t1 - t0)) -v h="$CLK_TCK" 'BEGIN {printf "%.2f", d / h / 2}')
-        if awk -v l="$load" 'BEGIN {exit !(l < 0.25)}'; then
+        load=$(machine_load 2)
+        if is_quiet "$load"; then
             note "machine load before the runs: $load cores"
             LOAD_BEFORE=$load
             return
@@ -135,8 +77,6 @@ wait_quiet() {
         QUIET_BUDGET=$((QUIET_BUDGET - 2))
     done
 }
-
-nginx_pids() { echo "$NGINX_PID $(ps -o pid= --ppid "$NGINX_PID" | tr '\n' ' ')"; }
 
 # nginx_accepts: connections nginx accepted so far (stub_status), i.e. upstream connections made
 # by whoever sits in front of it (the status request itself is one).
@@ -202,47 +142,18 @@ wrk_warm() {
 
 # --- build the load generator -------------------------------------------------------------------
 
-if [ ! -x "$LG" ] || [ "$ROOT/bench/loadgen.c" -nt "$LG" ]; then
-    note "building $LG"
-    cc -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
-        -Wmissing-prototypes -pthread "$ROOT/bench/loadgen.c" -o "$LG" \
-        $(pkg-config --cflags --libs openssl) -lm || die "loadgen does not compile"
-fi
+build_loadgen || die "loadgen does not compile"
 
 # --- bench PKI: a private CA and a P-256 leaf for origin.test ----------------------------------
 
-PKI=$WORK/pki
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-    -subj "/CN=authproxy bench origin CA" -keyout "$PKI/ca.key" -out "$PKI/ca.crt" 2>/dev/null \
-    || die "openssl: cannot make the bench CA"
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$NAME" \
-    -keyout "$PKI/origin.key" -out "$PKI/origin.csr" 2>/dev/null
-printf 'subjectAltName=DNS:%s\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' "$NAME" \
-    > "$PKI/ext.cnf"
-openssl x509 -req -in "$PKI/origin.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
-    -days 2 -extfile "$PKI/ext.cnf" -out "$PKI/origin.crt" 2>/dev/null || die "openssl: cannot sign the origin"
-chmod 644 "$PKI"/*
+make_pki "authproxy bench origin CA" "$NAME" "subjectAltName=DNS:$NAME" basicConstraints=CA:FALSE \
+    extendedKeyUsage=serverAuth
 
 # --- origin: nginx ----------------------------------------------------------------------------
 
 read -r NG_HTTP NG_HTTPS NG_HTTPS_CLOSE AP_PORT AP_CTL MITM_PORT <<<"$(free_ports 6)"
-cat > "$WORK/nginx/nginx.conf" <<EOF
 # authproxy bench origin: a tiny fixed response on HTTP and HTTPS, keep-alive without limits.
-worker_processes 2;
-worker_rlimit_nofile 20000;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/logs/nginx-error.log warn;
-events { worker_connections 10000; }
-http {
-    access_log off;
-    client_body_temp_path $WORK/nginx/tmp/body;
-    proxy_temp_path $WORK/nginx/tmp/proxy;
-    fastcgi_temp_path $WORK/nginx/tmp/fastcgi;
-    uwsgi_temp_path $WORK/nginx/tmp/uwsgi;
-    scgi_temp_path $WORK/nginx/tmp/scgi;
-    keepalive_requests 100000000;
-    keepalive_timeout 300s;
-    default_type text/plain;
+write_nginx_conf <<EOF
     server {
         listen 127.0.0.1:$NG_HTTP;
         listen 127.0.0.1:$NG_HTTPS ssl;
@@ -265,13 +176,8 @@ http {
         keepalive_timeout 0;
         location = / { return 200 "ok\n"; }
     }
-}
 EOF
-nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" -e "$WORK/logs/nginx-error.log" -g 'daemon off;' \
-    > "$WORK/logs/nginx.out" 2>&1 &
-NGINX_PID=$!
-PIDS+=("$NGINX_PID")
-wait_port "$NG_HTTPS" "$NGINX_PID" || { cat "$WORK/logs/nginx-error.log" >&2; die "nginx did not start"; }
+start_nginx "$NG_HTTPS" || { cat "$WORK/logs/nginx-error.log" >&2; die "nginx did not start"; }
 
 HOST_PLAIN="$NAME:$NG_HTTP"
 HOST_TLS="$NAME:$NG_HTTPS"
@@ -301,13 +207,7 @@ start_authproxy() {
         kill "$AP_PID" 2>/dev/null
         wait "$AP_PID" 2>/dev/null
     fi
-    "$BIN" serve --config "$WORK/authproxy.json" --state-dir "$WORK/state" \
-        --listen-proxy "127.0.0.1:$AP_PORT" --listen-control "127.0.0.1:$AP_CTL" --workers 2 \
-        --audit-log "$WORK/logs/audit.log" --upstream-dns 127.0.0.1:1 \
-        >> "$WORK/logs/authproxy.out" 2>&1 &
-    AP_PID=$!
-    PIDS+=("$AP_PID")
-    wait_port "$AP_PORT" "$AP_PID"
+    start_serve "$AP_PORT"
 }
 
 AP_OK=0
@@ -376,13 +276,10 @@ fi
 
 # quiet_gate: waits up to 15 s, within what is left of the budget, for other load < 0.25 cores.
 quiet_gate() {
-    local t0 t1 load waited=0
+    local load waited=0
     while :; do
-        t0=$(machine_ticks)
-        sleep 1
-        t1=$(machine_ticks)
-        load=$(awk -v d=$((t1 - t0)) -v h="$CLK_TCK" 'BEGIN {printf "%.2f", d / h}')
-        awk -v l="$load" 'BEGIN {exit !(l < 0.25)}' && return
+        load=$(machine_load 1)
+        is_quiet "$load" && return
         if [ "$waited" -ge 15 ] || [ "$QUIET_BUDGET" -le 0 ]; then
             note "machine still busy ($load cores used by others); measuring anyway"
             return
@@ -498,7 +395,7 @@ quiet_gate
     echo "META date=$(date -u +%Y-%m-%dT%H:%MZ) nproc=$(nproc) duration=$DUR warmup=$WARM conns=$CONNS rate=$RATE load_before=$LOAD_BEFORE"
     echo "META cpu=$(awk -F': ' '/^model name/ {gsub(/ /, "_", $2); print $2; exit}' /proc/cpuinfo)"
     echo "META kernel=$(uname -r) openssl=$(openssl version | awk '{print $2}') nginx=$(nginx -v 2>&1 | sed 's|.*/||') wrk=$(wrk -v 2>&1 | awk 'NR == 1 {print $2}')"
-    echo "META commit=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)"
+    echo "META commit=$(tree_id)"
     echo "META authproxy=$("$BIN" version 2>/dev/null | head -1 | tr ' ' '_') authproxy_ok=$AP_OK mitmproxy_ok=$MITM_OK mitmproxy=$(mitmdump --version 2>/dev/null | awk '/^Mitmproxy/ {print $2}')"
     [ "$AP_OK" = 1 ] || echo "META authproxy_why=$(echo "$AP_WHY" | tr ' ' '_')"
     [ "$MITM_OK" = 1 ] || echo "META mitmproxy_why=$(echo "$MITM_WHY" | tr ' ' '_')"

@@ -36,6 +36,9 @@ set -uo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+LOG_TAG="sandbox bench"
+# shellcheck source=bench/lib.sh # die, note, the origin and proxy setup shared by the benches
+. "$ROOT/bench/lib.sh"
 BIN=${AUTHPROXY_BIN:-$ROOT/build/authproxy}
 LIB=${AUTHPROXY_LIB:-$(dirname "$BIN")/libauthproxy.a}
 OUT=$ROOT/build/bench
@@ -49,78 +52,38 @@ CONNS=${SB_CONNS:-32}
 NAME=origin.test
 DIRECT_NS=sbbench-direct
 DIRECT_LINK=sbbd-host
-CLK_TCK=$(getconf CLK_TCK)
-
-die() { echo "sandbox bench: $*" >&2; exit 1; }
-note() { echo "sandbox bench: $*" >&2; }
 
 if [ "$(id -u)" != 0 ]; then
     note "skipped: needs root (network namespaces, nftables, cgroups)"
     exit 0
 fi
-for tool in nginx openssl ip python3 cc pkg-config curl; do
-    command -v "$tool" >/dev/null 2>&1 || die "$tool is not installed"
-done
+require_tools "" nginx openssl ip python3 cc pkg-config curl
 [ -x "$BIN" ] || die "$BIN not found (run make)"
 [ -f "$LIB" ] || die "$LIB not found (run make)"
 
 mkdir -p "$OUT"
-WORK=$(mktemp -d /tmp/authproxy-sbbench.XXXXXX)
-chmod 755 "$WORK"
-mkdir -p "$WORK/pki" "$WORK/logs" "$WORK/nginx/tmp" "$WORK/state" "$WORK/run-state"
+make_work /tmp/authproxy-sbbench.XXXXXX pki logs nginx/tmp state run-state
 RESULTS=$WORK/results.txt
 : > "$RESULTS"
-PIDS=()
 
-cleanup() {
-    local p
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+# sb_cleanup: stops every process started here, removes the direct namespace and its veth, and
+# the work dir (SB_KEEP=1 keeps it).
+sb_cleanup() {
+    stop_pids
     ip netns del "$DIRECT_NS" 2>/dev/null || true
     ip link del "$DIRECT_LINK" 2>/dev/null || true
-    if [ "${SB_KEEP:-0}" = 1 ]; then note "work dir kept: $WORK"; else rm -rf "$WORK"; fi
+    drop_work "${SB_KEEP:-0}"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_ports() {
-    python3 -c '
-import socket, sys
-ss = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in ss:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in ss))' "$1"
-}
-
-wait_port() {
-    local i
-    for i in $(seq 150); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        kill -0 "$2" 2>/dev/null || return 1
-        sleep 0.1
-    done
-    return 1
-}
-
-machine_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $9; exit}' /proc/stat; }
-cpu_ticks() {
-    local total=0 p
-    for p in "$@"; do
-        [ -r "/proc/$p/stat" ] || continue
-        total=$((total + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
-    done
-    echo "$total"
-}
+trap_exit sb_cleanup
 
 # quiet: waits (within SB_QUIET_WAIT seconds in all) until processes use < 0.25 cores; records
 # what it saw in LOAD.
 QUIET_BUDGET=${SB_QUIET_WAIT:-30}
 quiet() {
-    local t0 t1 waited=0
+    local waited=0
     while :; do
-        t0=$(machine_ticks); sleep 1; t1=$(machine_ticks)
-        LOAD=$(awk -v d=$((t1 - t0)) -v h="$CLK_TCK" 'BEGIN {printf "%.2f", d / h}')
-        awk -v l="$LOAD" 'BEGIN {exit !(l < 0.25)}' && return
+        LOAD=$(machine_load 1)
+        is_quiet "$LOAD" && return
         if [ "$QUIET_BUDGET" -le 0 ]; then
             [ "$waited" = 0 ] || note "machine still busy ($LOAD cores in use); measuring anyway"
             return
@@ -134,33 +97,20 @@ quiet() {
 # --- tools -------------------------------------------------------------------------------------
 
 LG=$OUT/loadgen
-if [ ! -x "$LG" ] || [ "$ROOT/bench/loadgen.c" -nt "$LG" ]; then
-    cc -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
-        -Wmissing-prototypes -pthread "$ROOT/bench/loadgen.c" -o "$LG" \
-        $(pkg-config --cflags --libs openssl) -lm || die "loadgen does not compile"
-fi
+build_loadgen || die "loadgen does not compile"
 PHASES=$OUT/sandbox_phases
 PKGS="openssl libevent libevent_openssl libevent_pthreads jansson sqlite3 libnftables"
-if [ ! -x "$PHASES" ] || [ "$ROOT/bench/sandbox_phases.c" -nt "$PHASES" ] || [ "$LIB" -nt "$PHASES" ]; then
-    cc -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
-        -Wmissing-prototypes -Isrc -pthread "$ROOT/bench/sandbox_phases.c" "$LIB" -o "$PHASES" \
+if needs_build "$PHASES" "$ROOT/bench/sandbox_phases.c" "$LIB"; then
+    # shellcheck disable=SC2046,SC2086 # pkg-config's flags and PKGS are meant to split
+    bench_cc -Isrc -pthread "$ROOT/bench/sandbox_phases.c" "$LIB" -o "$PHASES" \
         $(pkg-config --cflags --libs $PKGS) || die "sandbox_phases does not compile"
 fi
 TIMING="python3 $ROOT/bench/sandbox_timing.py"
 
 # --- PKI, the direct namespace, nginx -----------------------------------------------------------
 
-PKI=$WORK/pki
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-    -subj "/CN=authproxy bench origin CA" -keyout "$PKI/ca.key" -out "$PKI/ca.crt" 2>/dev/null \
-    || die "openssl: cannot make the bench CA"
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$NAME" \
-    -keyout "$PKI/origin.key" -out "$PKI/origin.csr" 2>/dev/null
-printf 'subjectAltName=DNS:%s\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' "$NAME" \
-    > "$PKI/ext.cnf"
-openssl x509 -req -in "$PKI/origin.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
-    -days 2 -extfile "$PKI/ext.cnf" -out "$PKI/origin.crt" 2>/dev/null || die "openssl: cannot sign the origin"
-chmod 644 "$PKI"/*
+make_pki "authproxy bench origin CA" "$NAME" "subjectAltName=DNS:$NAME" basicConstraints=CA:FALSE \
+    extendedKeyUsage=serverAuth
 
 # A /30 for the direct namespace that no host interface uses (10.201.255.0/30 by default).
 DIRECT_NET=${SB_DIRECT_NET:-10.201.255}
@@ -175,22 +125,7 @@ ip addr add "$DIRECT_NET.1/30" dev "$DIRECT_LINK" && ip link set "$DIRECT_LINK" 
     ip -n "$DIRECT_NS" route add default via "$DIRECT_NET.1" || die "cannot configure $DIRECT_NS"
 
 read -r NG_HTTPS AP_PORT AP_CTL <<<"$(free_ports 3)"
-cat > "$WORK/nginx/nginx.conf" <<EOF
-worker_processes 2;
-worker_rlimit_nofile 20000;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/logs/nginx-error.log warn;
-events { worker_connections 10000; }
-http {
-    access_log off;
-    client_body_temp_path $WORK/nginx/tmp/body;
-    proxy_temp_path $WORK/nginx/tmp/proxy;
-    fastcgi_temp_path $WORK/nginx/tmp/fastcgi;
-    uwsgi_temp_path $WORK/nginx/tmp/uwsgi;
-    scgi_temp_path $WORK/nginx/tmp/scgi;
-    keepalive_requests 100000000;
-    keepalive_timeout 300s;
-    default_type text/plain;
+write_nginx_conf <<EOF
     log_format check "\$http_authorization";
     server {
         listen 127.0.0.1:$NG_HTTPS ssl;
@@ -204,13 +139,8 @@ http {
         # a response, so the check reads the origin's log instead.
         location = /check { access_log $WORK/logs/check.log check; return 200 "checked\n"; }
     }
-}
 EOF
-nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" -e "$WORK/logs/nginx-error.log" -g 'daemon off;' \
-    > "$WORK/logs/nginx.out" 2>&1 &
-NGINX_PID=$!
-PIDS+=("$NGINX_PID")
-wait_port "$NG_HTTPS" "$NGINX_PID" || { cat "$WORK/logs/nginx-error.log" >&2; die "nginx did not start"; }
+start_nginx "$NG_HTTPS" || { cat "$WORK/logs/nginx-error.log" >&2; die "nginx did not start"; }
 
 # --- authproxy: a daemon with the control API (it runs API boxes as root) ----------------------
 
@@ -221,18 +151,13 @@ cat > "$WORK/authproxy.json" <<EOF
 }
 EOF
 chmod 600 "$WORK/authproxy.json"
-"$BIN" serve --config "$WORK/authproxy.json" --state-dir "$WORK/state" \
-    --listen-proxy "127.0.0.1:$AP_PORT" --listen-control "127.0.0.1:$AP_CTL" --workers 2 \
-    --audit-log "$WORK/logs/audit.log" --upstream-dns 127.0.0.1:1 >> "$WORK/logs/authproxy.out" 2>&1 &
-AP_PID=$!
-PIDS+=("$AP_PID")
-wait_port "$AP_CTL" "$AP_PID" || { tail -5 "$WORK/logs/authproxy.out" >&2; die "authproxy did not start"; }
+start_serve "$AP_CTL" || { tail -5 "$WORK/logs/authproxy.out" >&2; die "authproxy did not start"; }
 KEY=$(cat "$WORK/state/bootstrap.key")
 CTL="http://127.0.0.1:$AP_CTL"
 
 {
     echo "META date=$(date -u +%Y-%m-%dT%H:%MZ) nproc=$(nproc) runs=$RUNS rounds=$ROUNDS duration=$DUR warmup=$WARM conns=$CONNS"
-    echo "META kernel=$(uname -r) cgroup=$(stat -fc %T /sys/fs/cgroup) commit=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)"
+    echo "META kernel=$(uname -r) cgroup=$(stat -fc %T /sys/fs/cgroup) commit=$(tree_id)"
 } >> "$RESULTS"
 
 # --- 1. start to first command ------------------------------------------------------------------
@@ -262,7 +187,6 @@ fi
 # side, round, the CPU seconds the proxy and nginx spent, the proxy's and nginx's CPU per
 # request (warm-up included in both), and other_cores: what processes outside the benchmark
 # used meanwhile (machine - proxy - nginx - client).
-nginx_pids() { echo "$NGINX_PID $(ps -o pid= --ppid "$NGINX_PID" | tr '\n' ' ')"; }
 lg_run() {
     local side=$1 round=$2
     shift 2
