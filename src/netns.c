@@ -735,7 +735,17 @@ static void *create_thread(void *arg)
     h->host_addr.s_addr = htonl(net + 1);
     h->sandbox_addr.s_addr = htonl(net + 2);
     h->prefix_len = 32 - SLOT_BITS;
-    if (nl_veth_add(host_nl, h->host_ifname, NETNS_SANDBOX_IFNAME, h->fd) == -1) {
+    int vrc = nl_veth_add(host_nl, h->host_ifname, NETNS_SANDBOX_IFNAME, h->fd);
+    if (vrc == -1 && errno == EEXIST) {
+        /* The same sandbox id just torn down: its veth goes with its old namespace in the
+         * background (teardown) and may still be there. No live sandbox owns the name (this
+         * create made the namespace path with O_EXCL), so delete the leftover and try again. */
+        if (nl_link_del(host_nl, h->host_ifname) == 0 || errno == ENODEV)
+            vrc = nl_veth_add(host_nl, h->host_ifname, NETNS_SANDBOX_IFNAME, h->fd);
+        else
+            errno = EEXIST;
+    }
+    if (vrc == -1) {
         log_error("netns: creating veth %s: %s", h->host_ifname, strerror(errno));
         goto fail;
     }

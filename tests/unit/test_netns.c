@@ -585,6 +585,25 @@ static void test_create_destroy_cycles_leave_nothing(void **state)
     assert_int_equal(after.tables, before.tables);
 }
 
+/* A box stopped and started again gets the same names at once: its old veth, still going away
+ * with its old namespace in the background, must not make the new one fail. */
+static void test_same_id_again_right_after_destroy(void **state)
+{
+    (void)state;
+    REQUIRE_KERNEL();
+    struct counts before = count_objects();
+    struct netns_pool *pool = netns_pool_new(&test_cfg, NULL);
+    for (int i = 0; i < 5; i++) {
+        struct netns_handle *h = netns_create(pool, "again-0000-4000-8000", 40001, 40002);
+        assert_non_null(h);
+        assert_int_equal(netns_destroy(h), 0);
+        netns_free(h);
+    }
+    netns_pool_free(pool);
+    struct counts after = count_settled(before.links);
+    assert_memory_equal(&before, &after, sizeof(before));
+}
+
 static void test_reconcile_after_crash(void **state)
 {
     (void)state;
@@ -647,6 +666,7 @@ int main(void)
         cmocka_unit_test(test_address_allocation),
         cmocka_unit_test(test_concurrent_creates_distinct),
         cmocka_unit_test(test_create_destroy_cycles_leave_nothing),
+        cmocka_unit_test(test_same_id_again_right_after_destroy),
         cmocka_unit_test(test_reconcile_after_crash),
     };
     return cmocka_run_group_tests(tests, group_setup, NULL);
