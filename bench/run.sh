@@ -153,7 +153,10 @@ make_pki "authproxy bench origin CA" "$NAME" "subjectAltName=DNS:$NAME" basicCon
 
 read -r NG_HTTP NG_HTTPS NG_HTTPS_CLOSE AP_PORT AP_CTL MITM_PORT <<<"$(free_ports 6)"
 # authproxy bench origin: a tiny fixed response on HTTP and HTTPS, keep-alive without limits.
+# /check names the Authorization the origin received instead of echoing it: authproxy redacts
+# an injected credential that comes back in a response (scrub), so an echo would read '****'.
 write_nginx_conf <<EOF
+    map \$http_authorization \$bench_auth { "Bearer $SECRET" "injected"; "" "none"; default "other"; }
     server {
         listen 127.0.0.1:$NG_HTTP;
         listen 127.0.0.1:$NG_HTTPS ssl;
@@ -162,7 +165,7 @@ write_nginx_conf <<EOF
         ssl_certificate_key $PKI/origin.key;
         ssl_protocols TLSv1.2 TLSv1.3;
         location = / { return 200 "ok\n"; }
-        location = /check { return 200 "authorization=\$http_authorization\n"; }
+        location = /check { return 200 "authorization=\$bench_auth\n"; }
         location = /nginx_status { stub_status; }
     }
     # The same origin without keep-alive: a proxy in front of it must open (and handshake) a
@@ -219,7 +222,7 @@ elif "$BIN" ca cert --state-dir "$WORK/state" > "$WORK/authproxy-ca.crt" 2>>"$WO
     got_plain=$(curl -s --max-time 5 -x "http://127.0.0.1:$AP_PORT" "http://$HOST_PLAIN/check")
     got_tls=$(curl -s --max-time 5 -x "http://127.0.0.1:$AP_PORT" --cacert "$WORK/authproxy-ca.crt" \
         "https://$HOST_TLS/check")
-    if [ "$got_plain" = "authorization=Bearer $SECRET" ] && [ "$got_tls" = "authorization=Bearer $SECRET" ]; then
+    if [ "$got_plain" = "authorization=injected" ] && [ "$got_tls" = "authorization=injected" ]; then
         AP_OK=1
     else
         AP_WHY="injection check failed (plain: '${got_plain:-no answer}', https: '${got_tls:-no answer}')"
@@ -255,7 +258,7 @@ if [ "$MITM" = 1 ]; then
     elif start_mitm; then
         got=$(curl -s --max-time 5 -x "http://127.0.0.1:$MITM_PORT" --cacert "$WORK/mitm/mitmproxy-ca-cert.pem" \
             "https://$HOST_TLS/check")
-        if [ "$got" = "authorization=Bearer $SECRET" ]; then
+        if [ "$got" = "authorization=injected" ]; then
             MITM_OK=1
         else
             MITM_WHY="injection check failed: '${got:-no answer}'"
