@@ -1158,11 +1158,10 @@ static void start_client_tls(struct conn *c)
     }
     c->client = bufferevent_openssl_socket_new(c->w->base, c->fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
                                                BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
-    if (c->client == NULL) {
-        SSL_free(ssl);
-        conn_close(c);
-        return;
-    }
+    /* It fails only without memory, and then (BEV_OPT_CLOSE_ON_FREE) libevent 2.1 has freed ssl
+     * itself: freeing it here would be a double free. The documented OOM policy (util.h). */
+    if (c->client == NULL)
+        abort();
     c->fd = -1;
     bufferevent_openssl_set_allow_dirty_shutdown(c->client, 1);
     c->state = CONN_CLIENT_HANDSHAKE;

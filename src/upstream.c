@@ -167,11 +167,10 @@ static void uc_connected(struct upstream_connect *uc)
     }
     uc->bev = bufferevent_openssl_socket_new(uc->w->base, uc->fd, ssl, BUFFEREVENT_SSL_CONNECTING,
                                              BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
-    if (uc->bev == NULL) {
-        SSL_free(ssl);
-        uc_finish(uc, UPSTREAM_ERR_TLS, "cannot set up TLS");
-        return;
-    }
+    /* It fails only without memory, and then (BEV_OPT_CLOSE_ON_FREE) libevent 2.1 has freed ssl
+     * itself: freeing it here would be a double free. The documented OOM policy (util.h). */
+    if (uc->bev == NULL)
+        abort();
     uc->fd = -1; /* owned by the bufferevent now */
     bufferevent_openssl_set_allow_dirty_shutdown(uc->bev, 1);
     uc->state = UC_HANDSHAKING;
