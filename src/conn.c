@@ -1910,6 +1910,10 @@ static void transparent_dispatch(struct conn *c, const uint8_t *buf, size_t len)
     int refuse_status = 0;
     const char *why = NULL;
     const struct policy *pol = select_policy(c, c->w->current, &box, &refuse_status, &why);
+    if (box != NULL && c->tunnel_sandbox == NULL) { /* who it is, for the tunnel's audit line */
+        c->tunnel_sandbox = xstrdup(box->name);
+        c->tunnel_workspace = xstrdup(box->workspace_id);
+    }
 
     if (rc == CLIENTHELLO_NEED_MORE) {
         if (monotonic_us() > c->peek_deadline_us) {

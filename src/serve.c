@@ -246,6 +246,22 @@ static const struct policy *dns_policy(void *ctx, const struct sockaddr *client)
     return w->current->base->anonymous_allowed ? w->current->config->policy : NULL;
 }
 
+/* Who a sandbox resolver client is, for its DNS audit lines: the running box at that address
+ * (its name and workspace, as the request audit lines name it), or nothing. */
+static void dns_identify(void *ctx, const struct sockaddr *client, const char **sandbox,
+                         const char **workspace)
+{
+    struct worker *w = ctx;
+    if (client->sa_family != AF_INET)
+        return;
+    const struct registry_box *box = registry_find_by_addr(
+        w->current->registry, ((const struct sockaddr_in *)client)->sin_addr);
+    if (box != NULL) {
+        *sandbox = box->name;
+        *workspace = box->workspace_id;
+    }
+}
+
 static bool dns_is_remapped(void *ctx, const char *name)
 {
     struct worker *w = ctx;
@@ -493,6 +509,7 @@ struct server *server_start(const struct serve_options *opt)
                 .is_remapped = dns_is_remapped,
                 .audit = s->shared.audit,
                 .is_local_addr = dns_is_local,
+                .identify = dns_identify,
             };
             s->workers[0]->dns_server = dns_server_new(s->workers[0]->base, &dc, err, sizeof(err));
             if (s->workers[0]->dns_server == NULL) {

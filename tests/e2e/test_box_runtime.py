@@ -223,6 +223,17 @@ def test_a_denied_host_is_refused_and_its_dns_never_leaves(ctl, env):
     assert "fine.example.test 203.0.113.67" in res["stdout"], res
     assert not ctl.stack.dns.queried("secret-data-4321.exfil.evil.example.test")
     assert ctl.stack.dns.queried("fine.example.test")
+    # Each query's audit line names the box and its workspace, refused or answered, as the
+    # box's request lines do (the refused curl above wrote one).
+    [req] = [r for r in d.audit_records() if r["method"] != "DNS" and r["host"] == "deny.example.test"]
+    assert req["sandbox"] == "deny-box" and req["workspace"], req
+    for name, decision in (("secret-data-4321.exfil.evil.example.test", "denied"),
+                           ("fine.example.test", "allowed")):
+        recs = d.wait_audit(lambda r: r.get("method") == "DNS" and r.get("host") == name
+                            and r.get("path") == "A")
+        assert recs and all(r["decision"] == decision for r in recs), recs
+        assert all(r["sandbox"] == "deny-box" and r["workspace"] == req["workspace"]
+                   for r in recs), recs
 
 
 def test_exit_code_stdout_and_stderr_are_relayed_exactly(env):
