@@ -1170,17 +1170,29 @@ static void start_client_tls(struct conn *c)
     bufferevent_enable(c->client, EV_READ | EV_WRITE);
 }
 
+/* Puts the client's socket under a plain bufferevent, its output written by outflush. With
+ * owns_fd the bufferevent closes the socket when freed (c->fd is handed over); without, the
+ * socket stays c's (it may move to a TLS bufferevent after a CONNECT). False when it cannot be
+ * made: c is closed then. */
+static bool client_plain_bev(struct conn *c, bool owns_fd)
+{
+    int options = BEV_OPT_DEFER_CALLBACKS | (owns_fd ? BEV_OPT_CLOSE_ON_FREE : 0);
+    c->client = bufferevent_socket_new(c->w->base, c->fd, options);
+    if (c->client == NULL) {
+        conn_close(c);
+        return false;
+    }
+    outflush_attach(&c->client_flush, &c->w->outflush, c->client);
+    if (owns_fd)
+        c->fd = -1;
+    return true;
+}
+
 /* Reads plain HTTP from the client's socket (which the new bufferevent now owns). */
 static void start_client_plain(struct conn *c)
 {
-    c->client =
-        bufferevent_socket_new(c->w->base, c->fd, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
-    if (c->client == NULL) {
-        conn_close(c);
+    if (!client_plain_bev(c, true))
         return;
-    }
-    outflush_attach(&c->client_flush, &c->w->outflush, c->client);
-    c->fd = -1;
     enter_read_head(c);
 }
 
@@ -1887,14 +1899,8 @@ static void transparent_refuse(struct conn *c, const char *decision, const char 
  * policy names the host (upstream_connect_start). */
 static void transparent_bypass(struct conn *c, bool allow_internal)
 {
-    c->client =
-        bufferevent_socket_new(c->w->base, c->fd, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
-    if (c->client == NULL) {
-        conn_close(c);
+    if (!client_plain_bev(c, true))
         return;
-    }
-    outflush_attach(&c->client_flush, &c->w->outflush, c->client);
-    c->fd = -1;
     bufferevent_disable(c->client, EV_READ);
     c->state = CONN_TUNNEL_CONNECTING;
     c->connecting = upstream_connect_start(c->w, c->w->current, c->tunnel_host, c->tunnel_port,
@@ -2078,13 +2084,9 @@ void conn_accept_explicit(struct worker *w, int fd, const struct sockaddr *peer,
 {
     (void)peer_len;
     struct conn *c = conn_new(w, fd, peer);
-    /* No BEV_OPT_CLOSE_ON_FREE: after a CONNECT the socket moves to a TLS bufferevent. */
-    c->client = bufferevent_socket_new(w->base, fd, BEV_OPT_DEFER_CALLBACKS);
-    if (c->client == NULL) {
-        conn_close(c);
+    /* The socket stays c's: after a CONNECT it moves to a TLS bufferevent. */
+    if (!client_plain_bev(c, false))
         return;
-    }
-    outflush_attach(&c->client_flush, &w->outflush, c->client);
     enter_read_head(c);
     if (!admit_connection(c, NULL)) {
         respond_and_close(c, 429, "too many connections from this address");
