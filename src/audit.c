@@ -16,6 +16,7 @@
 #include <jansson.h>
 #include <openssl/sha.h>
 
+#include "jsonw.h"
 #include "log.h"
 #include "util.h"
 
@@ -233,13 +234,9 @@ void audit_close(struct audit_log *a)
     free(a);
 }
 
-static json_t *str_or_null(const char *s)
-{
-    return s ? json_string(s) : json_null();
-}
-
-/* The record's SPEC §7 fields as one compact JSON object text (heap, caller frees), or NULL. */
-static char *record_json(const struct audit_record *r)
+/* The record's SPEC §7 fields as one compact JSON object text (heap, caller frees; *len its
+ * length). */
+static char *record_json(const struct audit_record *r, size_t *len)
 {
     struct timespec ts;
     struct tm tm;
@@ -249,68 +246,64 @@ static char *record_json(const struct audit_record *r)
     size_t n = strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
     snprintf(when + n, sizeof(when) - n, ".%06ldZ", ts.tv_nsec / 1000);
 
-    json_t *injected = json_array();
-    for (size_t i = 0; i < r->n_injected; i++)
-        json_array_append_new(injected, json_string(r->injected[i]));
-    json_t *o = json_object();
-    json_object_set_new(o, "ts", json_string(when));
-    json_object_set_new(o, "sandbox", str_or_null(r->sandbox));
-    json_object_set_new(o, "workspace", str_or_null(r->workspace));
-    json_object_set_new(o, "client", str_or_null(r->client));
-    json_object_set_new(o, "method", str_or_null(r->method));
-    json_object_set_new(o, "scheme", str_or_null(r->scheme));
-    json_object_set_new(o, "host", str_or_null(r->host));
-    json_object_set_new(o, "port", r->port ? json_integer(r->port) : json_null());
-    json_object_set_new(o, "path", str_or_null(r->path));
-    json_object_set_new(o, "decision", str_or_null(r->decision));
-    json_object_set_new(o, "decided_by", str_or_null(r->decided_by));
-    json_object_set_new(o, "injected_headers", injected);
-    json_object_set_new(o, "status", r->status ? json_integer(r->status) : json_null());
-    json_object_set_new(o, "upstream_status",
-                        r->upstream_status ? json_integer(r->upstream_status) : json_null());
-    json_object_set_new(o, "bytes_in", json_integer((json_int_t)r->bytes_from_client));
-    json_object_set_new(o, "bytes_out", json_integer((json_int_t)r->bytes_to_client));
-    json_object_set_new(o, "duration_ms", json_real((double)r->duration_us / 1000.0));
-    json_object_set_new(o, "error", str_or_null(r->error));
-    json_object_set_new(o, "policy_version", json_integer((json_int_t)r->policy_version));
-    char *text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII |
-                                   JSON_REAL_PRECISION(10));
-    json_decref(o);
-    return text;
+    struct jsonw w;
+    jsonw_begin(&w, 512);
+    jsonw_str(&w, "ts", when);
+    jsonw_str(&w, "sandbox", r->sandbox);
+    jsonw_str(&w, "workspace", r->workspace);
+    jsonw_str(&w, "client", r->client);
+    jsonw_str(&w, "method", r->method);
+    jsonw_str(&w, "scheme", r->scheme);
+    jsonw_str(&w, "host", r->host);
+    jsonw_u64_or_null(&w, "port", r->port);
+    jsonw_str(&w, "path", r->path);
+    jsonw_str(&w, "decision", r->decision);
+    jsonw_str(&w, "decided_by", r->decided_by);
+    jsonw_str_array(&w, "injected_headers", r->injected, r->n_injected);
+    jsonw_u64_or_null(&w, "status", r->status > 0 ? (uint64_t)r->status : 0);
+    jsonw_u64_or_null(&w, "upstream_status", r->upstream_status > 0 ? (uint64_t)r->upstream_status : 0);
+    jsonw_u64(&w, "bytes_in", r->bytes_from_client);
+    jsonw_u64(&w, "bytes_out", r->bytes_to_client);
+    jsonw_thousandths(&w, "duration_ms", r->duration_us);
+    jsonw_str(&w, "error", r->error);
+    jsonw_u64(&w, "policy_version", r->policy_version);
+    return jsonw_finish(&w, len);
 }
 
-void audit_write(struct audit_log *a, const struct audit_record *r)
+/* Chains and appends the records whose bodies ("{...}", each ended by '\n') fill bodies[0..len),
+ * n of them, in one write(2) under the lock. On success the chain advances past them; on a
+ * failure they are lost (logged once per run of failures) and the next write re-reads the tail
+ * first, since part of the text may have landed. */
+static void chain_and_write(struct audit_log *a, const char *bodies, size_t len, size_t n)
 {
-    if (a == NULL)
-        return;
-    char *body = record_json(r); /* "{...}" */
-    if (body == NULL)
-        return;
-    size_t blen = strlen(body);
-    /* A leading newline (ends a torn fragment), the body without its '}', the chain members,
-     * '}' and the newline. */
-    size_t cap = 1 + blen + sizeof(",\"seq\":,\"prev\":\"\"}\n") + 20 + AUDIT_HASH_HEX_LEN;
+    /* Per record: the chain members (seq up to 20 digits, prev 64 hex); one leading newline
+     * ends a torn fragment. */
+    size_t cap = 1 + len + n * (sizeof(",\"seq\":,\"prev\":\"\"}") + 20 + AUDIT_HASH_HEX_LEN);
     char *buf = xmalloc(cap);
-    char hash[AUDIT_HASH_HEX_LEN + 1];
 
     pthread_mutex_lock(&a->lock);
     if (a->resync && chain_pos_from_tail(a->fd, &a->pos) == 0)
         a->resync = false;
+    struct chain_pos pos = a->pos;
     size_t off = 0;
-    if (a->pos.torn)
+    if (pos.torn)
         buf[off++] = '\n';
-    size_t line_start = off;
-    memcpy(buf + off, body, blen - 1);
-    off += blen - 1;
-    off += (size_t)snprintf(buf + off, cap - off, ",\"seq\":%" PRIu64 ",\"prev\":\"%s\"}",
-                            a->pos.next_seq, a->pos.prev);
-    sha256_hex(buf + line_start, off - line_start, hash);
-    buf[off++] = '\n';
-    /* One write(2) of the whole line (write_all only loops on a short write). */
+    for (const char *body = bodies; body < bodies + len;) {
+        const char *end = memchr(body, '\n', (size_t)(bodies + len - body)); /* at "}\n" */
+        size_t line_start = off;
+        memcpy(buf + off, body, (size_t)(end - body) - 1); /* without its '}' */
+        off += (size_t)(end - body) - 1;
+        off += (size_t)snprintf(buf + off, cap - off, ",\"seq\":%" PRIu64 ",\"prev\":\"%s\"}",
+                                pos.next_seq, pos.prev);
+        sha256_hex(buf + line_start, off - line_start, pos.prev);
+        buf[off++] = '\n';
+        pos.next_seq++;
+        body = end + 1;
+    }
+    /* One write(2) of whole lines (write_all only loops on a short write). */
     if (write_all(a->fd, buf, off) == 0) {
-        a->pos.next_seq++;
-        memcpy(a->pos.prev, hash, sizeof(hash));
-        a->pos.torn = false;
+        pos.torn = false;
+        a->pos = pos;
         if (a->failing)
             log_info("audit log %s: writing again", a->path);
         a->failing = false;
@@ -319,11 +312,69 @@ void audit_write(struct audit_log *a, const struct audit_record *r)
             log_error("audit log %s: write failed (%s): records are being lost", a->path,
                       strerror(errno));
         a->failing = true;
-        a->resync = a->seekable; /* part of the line may have landed */
+        a->resync = a->seekable; /* part of the text may have landed */
     }
     pthread_mutex_unlock(&a->lock);
     free(buf);
+}
+
+/* See audit.h. */
+void audit_write(struct audit_log *a, const struct audit_record *r)
+{
+    if (a == NULL)
+        return;
+    size_t blen;
+    char *body = record_json(r, &blen); /* "{...}" and room for the '\n' */
+    body[blen++] = '\n';
+    chain_and_write(a, body, blen, 1);
     free(body);
+}
+
+/* See audit.h. */
+void audit_batch_init(struct audit_batch *b, struct audit_log *log)
+{
+    memset(b, 0, sizeof(*b));
+    b->log = log;
+}
+
+/* See audit.h. */
+bool audit_batch_add(struct audit_batch *b, const struct audit_record *r)
+{
+    if (b->log == NULL)
+        return false;
+    size_t blen;
+    char *body = record_json(r, &blen);
+    if (b->len + blen + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->len + blen + 1)
+            cap *= 2;
+        b->bodies = xrealloc(b->bodies, cap);
+        b->cap = cap;
+    }
+    memcpy(b->bodies + b->len, body, blen);
+    b->len += blen;
+    b->bodies[b->len++] = '\n';
+    b->n++;
+    free(body);
+    return b->n == 1;
+}
+
+/* See audit.h. */
+void audit_batch_flush(struct audit_batch *b)
+{
+    if (b->n == 0)
+        return;
+    chain_and_write(b->log, b->bodies, b->len, b->n);
+    b->len = 0;
+    b->n = 0;
+}
+
+/* See audit.h. */
+void audit_batch_free(struct audit_batch *b)
+{
+    audit_batch_flush(b);
+    free(b->bodies);
+    memset(b, 0, sizeof(*b));
 }
 
 /* ---- verification ---- */

@@ -2,9 +2,10 @@
  * chained to the one before it by a SHA-256 hash, and the verifier for that chain.
  *
  * A record names what was decided and why, the names of injected headers and never their
- * values. Writes are serialised with a mutex and issued as one write(2) of a whole line to a
- * file opened O_APPEND, so lines from different threads never interleave and a crash loses at
- * most the line being written.
+ * values. Writes are serialised with a mutex and issued as one write(2) of whole lines to a
+ * file opened O_APPEND, so lines from different threads never interleave; a crash loses at most
+ * the lines being written (a worker writes the lines of one loop turn together: see
+ * audit_batch).
  *
  * The chain (tamper evidence). Every line ends with two members, after the SPEC §7 fields whose
  * names and order are unchanged:
@@ -46,6 +47,7 @@
 #ifndef AUTHPROXY_AUDIT_H
 #define AUTHPROXY_AUDIT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -89,6 +91,29 @@ void audit_close(struct audit_log *a);
  * (once per run of failures) and never reported to the caller: auditing does not fail
  * requests. */
 void audit_write(struct audit_log *a, const struct audit_record *r);
+
+/* A worker's records of one event-loop turn, appended to the log together by
+ * audit_batch_flush: one lock and one write(2) per turn instead of per record, each line
+ * chained exactly as audit_write does. The worker flushes before it writes the turn's
+ * responses to their sockets (outflush.h), so no client sees a response whose audit line is not
+ * yet in the file; a crash loses at most the lines of responses not yet sent. Touched by its
+ * worker's thread only. */
+struct audit_batch {
+    struct audit_log *log; /* NULL: auditing off, adds are no-ops */
+    char *bodies;          /* formatted records, each "{...}\n", chain members not yet added */
+    size_t len, cap;
+    size_t n; /* records in bodies */
+};
+
+/* Starts an empty batch for log (may be NULL). */
+void audit_batch_init(struct audit_batch *b, struct audit_log *log);
+/* Formats r (its time is taken now) and keeps it for the next flush. True when it is the
+ * first record since the last flush (the caller arranges that flush then). */
+bool audit_batch_add(struct audit_batch *b, const struct audit_record *r);
+/* Writes the kept records (see above); no-op when none. */
+void audit_batch_flush(struct audit_batch *b);
+/* Flushes, then releases the batch's memory. */
+void audit_batch_free(struct audit_batch *b);
 
 struct audit_verify_result {
     uint64_t lines;    /* lines read (all of them when intact) */

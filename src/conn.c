@@ -126,7 +126,7 @@ struct conn {
     enum conn_state state;
     int fd;
     struct bufferevent *client; /* socket or TLS over the socket */
-    struct outflush client_flush; /* attached while client is a plain socket bufferevent */
+    struct outflush client_flush; /* attached to client, plain or TLS (outflush.h) */
     char peer[64];
     struct event *timer;   /* head timeout / idle timeout while between requests */
     struct event *peek_ev; /* TUNNEL_ACCEPTING: client's first byte */
@@ -200,7 +200,7 @@ static void request_audit(struct conn *c, struct request *r)
         .error = r->error,
         .policy_version = r->snap ? r->snap->version : 0,
     };
-    audit_write(c->w->shared->audit, &rec);
+    worker_audit(c->w, &rec);
     metrics_record_request(&c->w->metrics, rec.decision, r->n_injected ? r->decided_by : NULL,
                            r->n_injected, rec.duration_us, r->status == 502 || r->status == 504);
 }
@@ -269,7 +269,7 @@ static void tunnel_audit(struct conn *c, const char *decision, const char *decid
         .error = error,
         .policy_version = c->w->current ? c->w->current->version : 0,
     };
-    audit_write(c->w->shared->audit, &rec);
+    worker_audit(c->w, &rec);
     metrics_record_request(&c->w->metrics, decision, NULL, 0, rec.duration_us, status == 502);
 }
 
@@ -1164,6 +1164,7 @@ static void start_client_tls(struct conn *c)
         abort();
     c->fd = -1;
     bufferevent_openssl_set_allow_dirty_shutdown(c->client, 1);
+    outflush_attach_tls(&c->client_flush, &c->w->outflush, c->client);
     c->state = CONN_CLIENT_HANDSHAKE;
     arm_timer(c, conn_limits(c)->header_timeout_ms);
     bufferevent_setcb(c->client, client_read_cb, NULL, client_tls_event_cb, c);
@@ -1870,7 +1871,7 @@ static void client_event_cb(struct bufferevent *bev, short events, void *arg)
             .error = "client TLS handshake failed (does the client trust the authproxy CA?)",
             .policy_version = c->w->current->version,
         };
-        audit_write(c->w->shared->audit, &rec);
+        worker_audit(c->w, &rec);
     }
     if (c->state == CONN_TUNNEL && c->up && (events & BEV_EVENT_EOF)) {
         /* Client finished sending: pass what is left, then let the origin finish. */

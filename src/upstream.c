@@ -104,7 +104,9 @@ static void uc_finish(struct upstream_connect *uc, enum upstream_error err, cons
         uc->bev = NULL;
         uc->fd = -1;
         bufferevent_setcb(u->bev, NULL, NULL, NULL, NULL);
-        if (!u->tls)
+        if (u->tls)
+            outflush_attach_tls(&u->flush, &u->w->outflush, u->bev);
+        else
             outflush_attach(&u->flush, &u->w->outflush, u->bev);
     }
     upstream_connect_cb cb = uc->cb;

@@ -27,7 +27,7 @@ struct upstream {
     bool tls;
     uint64_t idle_since_us;
     uint64_t requests; /* requests served on this connection so far */
-    struct outflush flush; /* attached for plain connections (outflush.h) */
+    struct outflush flush; /* attached to bev, plain or TLS (outflush.h) */
 };
 
 enum upstream_error {

@@ -136,6 +136,20 @@ static void accept_transparent_cb(struct evconnlistener *l, evutil_socket_t fd,
     conn_accept_transparent(arg, fd, addr, len);
 }
 
+/* outflush's before_writes: the turn's audit lines go to the file before its responses go out. */
+static void worker_flush_audit(void *arg)
+{
+    struct worker *w = arg;
+    audit_batch_flush(&w->audit);
+}
+
+/* See worker.h. */
+void worker_audit(struct worker *w, const struct audit_record *r)
+{
+    if (audit_batch_add(&w->audit, r))
+        outflush_queue_kick(&w->outflush);
+}
+
 struct worker *worker_new(int index, const struct serve_shared *shared, int proxy_fd,
                           int transparent_fd, struct snapshot *snap, char *err, size_t err_len)
 {
@@ -150,7 +164,14 @@ struct worker *worker_new(int index, const struct serve_shared *shared, int prox
     w->current = snapshot_ref(snap);
     atomic_init(&w->applied_version, snap->version);
 
-    w->base = event_base_new();
+    /* epoll's changelist: event additions and removals are applied once per turn, so a write
+     * event armed and disarmed in the same turn (outflush.h: TLS output) costs no system call.
+     * Safe here: the daemon never dup()s a socket it polls, the case libevent warns about. */
+    struct event_config *cfg = event_config_new();
+    if (cfg != NULL && event_config_set_flag(cfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST) == 0)
+        w->base = event_base_new_with_config(cfg);
+    if (cfg != NULL)
+        event_config_free(cfg);
     /* Two priorities: a new snapshot (the wakeup, priority 0) is taken before any queued I/O
      * callback, so a control-plane write is not held up by a busy loop. */
     if (w->base == NULL || event_base_priority_init(w->base, 2) != 0) {
@@ -175,6 +196,9 @@ struct worker *worker_new(int index, const struct serve_shared *shared, int prox
         snprintf(err, err_len, "cannot create the output flush event");
         goto fail;
     }
+    audit_batch_init(&w->audit, shared->audit);
+    w->outflush.before_writes = worker_flush_audit;
+    w->outflush.before_writes_arg = w;
     w->wakeup = event_new(w->base, -1, EV_PERSIST, wakeup_cb, w);
     event_priority_set(w->wakeup, 0);
     event_add(w->wakeup, NULL);
@@ -265,6 +289,7 @@ void worker_join_and_free(struct worker *w)
     if (w->accept_resume)
         event_free(w->accept_resume);
     outflush_queue_free(&w->outflush); /* every conn and upstream is gone: none is queued */
+    audit_batch_free(&w->audit);       /* the last turn's records, if its flush never ran */
     if (w->dns)
         evdns_base_free(w->dns, 1);
     if (w->base)

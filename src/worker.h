@@ -15,6 +15,7 @@
 #include <sys/queue.h>
 
 #include "metrics.h"
+#include "audit.h"
 #include "outflush.h"
 #include "snapshot.h"
 
@@ -75,7 +76,8 @@ struct worker {
     size_t n_idle_upstreams;
     bool draining; /* stop accepting; close connections as they go idle */
     struct dyncred_fetch_list fetches; /* credential exchanges this worker runs for everyone */
-    struct outflush_queue outflush;    /* plain sockets' output written once per turn */
+    struct outflush_queue outflush;    /* sockets' output written once per turn */
+    struct audit_batch audit;          /* this turn's audit lines, written before that output */
 
     atomic_uint_fast64_t applied_version; /* the snapshot version now in use (any thread reads) */
     struct metrics metrics;               /* written by this worker, read by /metrics scrapes */
@@ -92,5 +94,8 @@ void worker_post_snapshot(struct worker *w, struct snapshot *snap);
 /* Asks the worker to stop accepting, finish in-flight requests (at most grace_ms) and exit. */
 void worker_stop(struct worker *w);
 void worker_join_and_free(struct worker *w);
+/* Audits r (audit.h) with the turn's other records: written before the turn's responses go
+ * out. The worker's thread only. */
+void worker_audit(struct worker *w, const struct audit_record *r);
 
 #endif

@@ -447,6 +447,61 @@ static void test_a_write_cut_short_is_recovered_by_the_next_write(void **state)
     free_lines(lines, n);
 }
 
+/* A batch: nothing reaches the file until the flush, then its records are lines chained in the
+ * order they were added, continuing from lines written one by one, and the file verifies. A
+ * control character and a non-ASCII path arrive escaped (the line stays one line). */
+static void test_a_batch_writes_its_records_chained_at_the_flush(void **state)
+{
+    struct fixture *fx = *state;
+    struct audit_log *a = audit_open(fx->path);
+    assert_non_null(a);
+    struct audit_record one = {.host = "one.test", .decision = "allowed"};
+    audit_write(a, &one);
+    struct audit_batch b;
+    audit_batch_init(&b, a);
+    const char *hosts[] = {"two.test", "three.test", "four.test"};
+    for (int i = 0; i < 3; i++) {
+        struct audit_record r = {.host = hosts[i], .path = "/a\nb/\xc3\xa9", .decision = "allowed"};
+        assert_int_equal(audit_batch_add(&b, &r), i == 0); /* true only for the first */
+    }
+    char *lines[MAX_LINES];
+    size_t n = read_lines(fx->path, lines);
+    assert_int_equal(n, 1); /* kept until the flush */
+    free_lines(lines, n);
+    audit_batch_flush(&b);
+    audit_batch_flush(&b); /* an empty batch writes nothing */
+    audit_write(a, &one);
+    audit_batch_free(&b);
+    audit_close(a);
+
+    n = read_lines(fx->path, lines);
+    assert_int_equal(n, 5);
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(seq_of(lines[i]), (json_int_t)i + 1);
+        json_t *o = json_loads(lines[i], 0, NULL);
+        assert_non_null(o);
+        const char *host = json_string_value(json_object_get(o, "host"));
+        assert_string_equal(host, i == 0 || i == 4 ? "one.test" : hosts[i - 1]);
+        if (i >= 1 && i <= 3)
+            assert_string_equal(json_string_value(json_object_get(o, "path")), "/a\nb/\xc3\xa9");
+        json_decref(o);
+    }
+    free_lines(lines, n);
+    assert_verify_ok(fx->path, 5);
+}
+
+/* A batch without a log (auditing off) keeps nothing. */
+static void test_a_batch_without_a_log_keeps_nothing(void **state)
+{
+    (void)state;
+    struct audit_batch b;
+    audit_batch_init(&b, NULL);
+    struct audit_record r = {.host = "h.test", .decision = "allowed"};
+    assert_false(audit_batch_add(&b, &r));
+    assert_int_equal(b.n, 0);
+    audit_batch_free(&b);
+}
+
 static void test_legacy_file_restarts_numbering_chained_to_its_last_line(void **state)
 {
     struct fixture *fx = *state;
@@ -494,6 +549,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_lines_carry_seq_and_prev_last_and_chain_from_genesis,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_empty_file_is_intact, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_batch_writes_its_records_chained_at_the_flush, setup,
+                                        teardown),
+        cmocka_unit_test(test_a_batch_without_a_log_keeps_nothing),
         cmocka_unit_test_setup_teardown(test_edited_line_is_named, setup, teardown),
         cmocka_unit_test_setup_teardown(test_edited_seq_is_named, setup, teardown),
         cmocka_unit_test_setup_teardown(test_editing_the_last_line_changes_only_the_anchor, setup,

@@ -1,6 +1,7 @@
 /* outflush: plain sockets' output written once per loop turn, straight to the socket; what the
- * socket does not take, and errors, go back to libevent. Real sockets (socketpairs), real
- * libevent loop. */
+ * socket does not take, and errors, go back to libevent; TLS bufferevents' output written by
+ * their own path in the same turn, head and body in one record. Real sockets (socketpairs),
+ * real libevent loop, real TLS. */
 #include <errno.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -15,7 +16,11 @@
 #include <cmocka.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
+#include <openssl/evp.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 
 #include "outflush.h"
 
@@ -182,6 +187,106 @@ static void test_detach_hands_queued_output_to_libevent(void **state)
     close(fx.peer);
 }
 
+/* A self-signed P-256 certificate for key, CN "outflush.test". */
+static X509 *self_signed(EVP_PKEY *key)
+{
+    X509 *cert = X509_new();
+    assert_non_null(cert);
+    X509_set_version(cert, 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(cert), 1);
+    X509_gmtime_adj(X509_getm_notBefore(cert), -60);
+    X509_gmtime_adj(X509_getm_notAfter(cert), 3600);
+    X509_set_pubkey(cert, key);
+    X509_NAME *name = X509_get_subject_name(cert);
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"outflush.test",
+                               -1, -1, 0);
+    X509_set_issuer_name(cert, name);
+    assert_true(X509_sign(cert, key, EVP_sha256()) > 0);
+    return cert;
+}
+
+/* The raw TLS records waiting on fd (peeked, not consumed): how many, and their total size. */
+static int peek_records(int fd, size_t *total)
+{
+    unsigned char buf[65536];
+    ssize_t n = recv(fd, buf, sizeof(buf), MSG_PEEK);
+    *total = n > 0 ? (size_t)n : 0;
+    int records = 0;
+    for (size_t off = 0; off + 5 <= *total; records++)
+        off += 5 + ((size_t)buf[off + 3] << 8 | buf[off + 4]);
+    return records;
+}
+
+/* A TLS bufferevent: a response head and body added as two chains in one turn leave in that
+ * turn as one TLS record (libevent alone makes a record, and a write, of each chain), and the
+ * peer decrypts them intact; the next response takes the same path. */
+static void test_tls_head_and_body_leave_as_one_record_in_the_same_turn(void **state)
+{
+    (void)state;
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+    EVP_PKEY *key = EVP_EC_gen("P-256");
+    assert_non_null(key);
+    X509 *cert = self_signed(key);
+    SSL_CTX *server_ctx = SSL_CTX_new(TLS_server_method());
+    SSL_CTX *client_ctx = SSL_CTX_new(TLS_client_method());
+    assert_non_null(server_ctx);
+    assert_non_null(client_ctx);
+    assert_int_equal(SSL_CTX_use_certificate(server_ctx, cert), 1);
+    assert_int_equal(SSL_CTX_use_PrivateKey(server_ctx, key), 1);
+    SSL_CTX_set_num_tickets(server_ctx, 0); /* only the records under test reach the peer */
+
+    struct event_base *base = event_base_new();
+    struct outflush_queue q;
+    struct outflush f;
+    assert_int_equal(outflush_queue_init(&q, base), 0);
+    struct bufferevent *bev =
+        bufferevent_openssl_socket_new(base, sv[0], SSL_new(server_ctx), BUFFEREVENT_SSL_ACCEPTING,
+                                       BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+    assert_non_null(bev);
+    bufferevent_enable(bev, EV_READ | EV_WRITE);
+    outflush_attach_tls(&f, &q, bev);
+    SSL *client = SSL_new(client_ctx);
+    SSL_set_fd(client, sv[1]);
+    int rc = 0;
+    for (int i = 0; i < 1000 && rc != 1; i++) {
+        rc = SSL_connect(client);
+        event_base_loop(base, EVLOOP_NONBLOCK);
+    }
+    assert_int_equal(rc, 1);
+    for (int i = 0; i < 10; i++) /* the server's side of the handshake settles */
+        event_base_loop(base, EVLOOP_NONBLOCK);
+
+    for (int round = 0; round < 2; round++) {
+        struct evbuffer *body = evbuffer_new();
+        evbuffer_add(body, "body", 4);
+        struct evbuffer *out = bufferevent_get_output(bev);
+        evbuffer_add(out, "HTTP/1.1 200 OK\r\n\r\n", 19);
+        evbuffer_add_buffer(out, body); /* moves the chain: the output now holds two */
+        evbuffer_free(body);
+        event_base_loop(base, EVLOOP_NONBLOCK);
+        size_t total;
+        assert_int_equal(peek_records(sv[1], &total), 1);
+        assert_int_equal(evbuffer_get_length(out), 0);
+        char got[64];
+        int n = SSL_read(client, got, sizeof(got));
+        assert_int_equal(n, 23);
+        assert_memory_equal(got, "HTTP/1.1 200 OK\r\n\r\nbody", 23);
+    }
+
+    outflush_detach(&f);
+    bufferevent_free(bev);
+    event_base_loop(base, EVLOOP_NONBLOCK);
+    outflush_queue_free(&q);
+    event_base_free(base);
+    SSL_free(client);
+    close(sv[1]);
+    SSL_CTX_free(client_ctx);
+    SSL_CTX_free(server_ctx);
+    X509_free(cert);
+    EVP_PKEY_free(key);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN); /* as the daemon does (serve.c) */
@@ -190,6 +295,7 @@ int main(void)
         cmocka_unit_test(test_what_the_socket_does_not_take_is_written_by_libevent),
         cmocka_unit_test(test_a_write_error_reaches_the_event_callback),
         cmocka_unit_test(test_detach_hands_queued_output_to_libevent),
+        cmocka_unit_test(test_tls_head_and_body_leave_as_one_record_in_the_same_turn),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

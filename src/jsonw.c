@@ -1,0 +1,221 @@
+#include "jsonw.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "util.h"
+
+/* Makes room for n more bytes and the terminating NUL. */
+static void jsonw_reserve(struct jsonw *w, size_t n)
+{
+    if (w->len + n + 1 <= w->cap)
+        return;
+    size_t cap = w->cap ? w->cap : 64;
+    while (cap < w->len + n + 1)
+        cap *= 2;
+    w->buf = xrealloc(w->buf, cap);
+    w->cap = cap;
+}
+
+static void jsonw_raw(struct jsonw *w, const char *s, size_t n)
+{
+    jsonw_reserve(w, n);
+    memcpy(w->buf + w->len, s, n);
+    w->len += n;
+    w->buf[w->len] = '\0';
+}
+
+/* ,"key": (the comma from the second member on) */
+static void jsonw_key(struct jsonw *w, const char *key)
+{
+    size_t klen = strlen(key);
+    jsonw_reserve(w, klen + 4);
+    if (!w->first)
+        w->buf[w->len++] = ',';
+    w->first = false;
+    w->buf[w->len++] = '"';
+    memcpy(w->buf + w->len, key, klen);
+    w->len += klen;
+    w->buf[w->len++] = '"';
+    w->buf[w->len++] = ':';
+    w->buf[w->len] = '\0';
+}
+
+static void jsonw_u16_escape(struct jsonw *w, unsigned cp)
+{
+    static const char hex[] = "0123456789abcdef";
+    char e[6] = {'\\',        'u', hex[(cp >> 12) & 15], hex[(cp >> 8) & 15], hex[(cp >> 4) & 15],
+                 hex[cp & 15]};
+    jsonw_raw(w, e, sizeof(e));
+}
+
+/* Decodes one UTF-8 character at s (n bytes left, n >= 1) per RFC 3629: returns its length
+ * and sets *cp, or returns 0 for an invalid sequence. */
+static size_t utf8_decode(const unsigned char *s, size_t n, unsigned *cp)
+{
+    unsigned c = s[0];
+    size_t len;
+    unsigned min;
+    if (c < 0x80) {
+        *cp = c;
+        return 1;
+    } else if (c >= 0xc2 && c <= 0xdf) {
+        len = 2, min = 0x80, c &= 0x1f;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        len = 3, min = 0x800, c &= 0x0f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        len = 4, min = 0x10000, c &= 0x07;
+    } else {
+        return 0;
+    }
+    if (n < len)
+        return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+        c = c << 6 | (s[i] & 0x3f);
+    }
+    if (c < min || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
+        return 0;
+    *cp = c;
+    return len;
+}
+
+/* s as a JSON string (see jsonw.h for the escaping). */
+static void jsonw_string(struct jsonw *w, const char *str)
+{
+    const unsigned char *s = (const unsigned char *)str;
+    size_t n = strlen(str);
+    jsonw_reserve(w, n + 2);
+    w->buf[w->len++] = '"';
+    size_t i = 0;
+    while (i < n) {
+        /* The common case: a run of printable ASCII needing no escape, copied at once. */
+        size_t run = i;
+        while (run < n && s[run] >= 0x20 && s[run] < 0x80 && s[run] != '"' && s[run] != '\\')
+            run++;
+        if (run > i) {
+            jsonw_raw(w, (const char *)s + i, run - i);
+            i = run;
+            continue;
+        }
+        unsigned cp;
+        size_t len = utf8_decode(s + i, n - i, &cp);
+        if (len == 0) {
+            cp = 0xfffd;
+            len = 1;
+        }
+        i += len;
+        switch (cp) {
+        case '"':
+            jsonw_raw(w, "\\\"", 2);
+            break;
+        case '\\':
+            jsonw_raw(w, "\\\\", 2);
+            break;
+        case '\b':
+            jsonw_raw(w, "\\b", 2);
+            break;
+        case '\f':
+            jsonw_raw(w, "\\f", 2);
+            break;
+        case '\n':
+            jsonw_raw(w, "\\n", 2);
+            break;
+        case '\r':
+            jsonw_raw(w, "\\r", 2);
+            break;
+        case '\t':
+            jsonw_raw(w, "\\t", 2);
+            break;
+        default:
+            if (cp < 0x10000) {
+                jsonw_u16_escape(w, cp);
+            } else {
+                cp -= 0x10000;
+                jsonw_u16_escape(w, 0xd800 | (cp >> 10));
+                jsonw_u16_escape(w, 0xdc00 | (cp & 0x3ff));
+            }
+        }
+    }
+    jsonw_raw(w, "\"", 1);
+}
+
+static void jsonw_number(struct jsonw *w, uint64_t v)
+{
+    char digits[24];
+    int n = snprintf(digits, sizeof(digits), "%" PRIu64, v);
+    jsonw_raw(w, digits, (size_t)n);
+}
+
+/* See jsonw.h. */
+void jsonw_begin(struct jsonw *w, size_t cap_hint)
+{
+    w->buf = NULL;
+    w->len = 0;
+    w->cap = 0;
+    w->first = true;
+    jsonw_reserve(w, cap_hint);
+    jsonw_raw(w, "{", 1);
+}
+
+/* See jsonw.h. */
+void jsonw_str(struct jsonw *w, const char *key, const char *s)
+{
+    jsonw_key(w, key);
+    if (s == NULL)
+        jsonw_raw(w, "null", 4);
+    else
+        jsonw_string(w, s);
+}
+
+/* See jsonw.h. */
+void jsonw_u64(struct jsonw *w, const char *key, uint64_t v)
+{
+    jsonw_key(w, key);
+    jsonw_number(w, v);
+}
+
+/* See jsonw.h. */
+void jsonw_u64_or_null(struct jsonw *w, const char *key, uint64_t v)
+{
+    jsonw_key(w, key);
+    if (v == 0)
+        jsonw_raw(w, "null", 4);
+    else
+        jsonw_number(w, v);
+}
+
+/* See jsonw.h. */
+void jsonw_thousandths(struct jsonw *w, const char *key, uint64_t v)
+{
+    jsonw_key(w, key);
+    char text[32];
+    int n = snprintf(text, sizeof(text), "%" PRIu64 ".%03u", v / 1000, (unsigned)(v % 1000));
+    jsonw_raw(w, text, (size_t)n);
+}
+
+/* See jsonw.h. */
+void jsonw_str_array(struct jsonw *w, const char *key, const char *const *s, size_t n)
+{
+    jsonw_key(w, key);
+    jsonw_raw(w, "[", 1);
+    for (size_t i = 0; i < n; i++) {
+        if (i > 0)
+            jsonw_raw(w, ",", 1);
+        jsonw_string(w, s[i]);
+    }
+    jsonw_raw(w, "]", 1);
+}
+
+/* See jsonw.h. */
+char *jsonw_finish(struct jsonw *w, size_t *len_out)
+{
+    jsonw_raw(w, "}", 1);
+    if (len_out != NULL)
+        *len_out = w->len;
+    char *text = w->buf;
+    w->buf = NULL;
+    return text;
+}
