@@ -969,9 +969,10 @@ static bool host_header_agrees(const struct http1_request *req, const char *host
 /* Reads the explicit-proxy identity from Proxy-Authorization: Basic base64(name:token). Only
  * the token identifies the sandbox (the name is for humans and logs). A token with authproxy's
  * prefix ("apt_") is a sandbox credential: if it matches no sandbox (wrong, or its sandbox was
- * deleted) the request gets 407, never the anonymous policy. Any other credential (a client
- * whose proxy URL carries its own user:pass) is treated as anonymous. A malformed Basic value
- * counts as an unknown sandbox credential. */
+ * deleted) the request gets 407, never the anonymous policy. Any other Basic credential (a
+ * client whose proxy URL carries its own user:pass) is treated as anonymous. A malformed Basic
+ * value, or a credential in another scheme (Bearer, Negotiate, ...), counts as an unknown
+ * sandbox credential: 407, failing closed rather than guessing what it was meant to be. */
 static void read_identity(struct conn *c, const struct http1_request *req)
 {
     const struct http1_header *h =

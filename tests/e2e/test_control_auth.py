@@ -163,6 +163,20 @@ def test_proxy_without_a_credential_is_407_when_no_config_is_given(ctl):
     assert r.status == 407, r  # exists:nope
 
 
+def test_a_proxy_credential_in_another_scheme_is_407_even_with_a_config(ctl):
+    """A Proxy-Authorization that is not Basic is an unknown sandbox credential: 407, never the
+    config file's anonymous policy (fail closed); a Basic user:pass that is not a sandbox
+    credential (a client's own proxy login) is anonymous and gets that policy."""
+    d = ctl.start()
+    r = via_proxy(d.port, "api.openai.com", ctl.ca, "/", proxy_auth="Bearer abc")
+    assert r.status == 407 and r.stage == "connect", r
+    r = client.http_request(d.port, "http://plain.example.test/x", "plain.example.test",
+                            headers=[("Proxy-Authorization", "Negotiate YWJj")])
+    assert r.status == 407, r
+    r = via_proxy(d.port, "api.openai.com", ctl.ca, "/", proxy_auth="Basic dXNlcjpwYXNz")  # user:pass
+    assert r.status != 407, r
+
+
 def test_proxy_refuses_plain_http_to_the_control_api(ctl):
     d = ctl.start()
     api = d.api()
