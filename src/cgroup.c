@@ -656,6 +656,19 @@ static void cg_free_ids(char **ids, size_t n)
 }
 
 /* Contract in cgroup.h. */
+/* Removes sandbox group id in every controller of t. True when all went. */
+static bool cg_remove_id(struct cgroup_tree *t, const char *id)
+{
+    bool ok = true;
+    for (size_t b = 0; b < t->nbases; b++) {
+        char *dir = xasprintf("%s/%s", t->bases[b], id);
+        if (cg_remove_dir(dir, 0) == -1)
+            ok = false;
+        free(dir);
+    }
+    return ok;
+}
+
 int cgroup_reconcile(struct cgroup_tree *t, const char *const *live_ids, size_t n_live)
 {
     char **ids = NULL;
@@ -671,14 +684,7 @@ int cgroup_reconcile(struct cgroup_tree *t, const char *const *live_ids, size_t 
             live = strcmp(ids[i], live_ids[j]) == 0;
         if (live)
             continue;
-        bool ok = true;
-        for (size_t b = 0; b < t->nbases; b++) {
-            char *dir = xasprintf("%s/%s", t->bases[b], ids[i]);
-            if (cg_remove_dir(dir, 0) == -1)
-                ok = false;
-            free(dir);
-        }
-        if (ok) {
+        if (cg_remove_id(t, ids[i])) {
             log_info("cgroup: removed leftover sandbox group %s/%s", t->name, ids[i]);
             removed++;
         } else {
@@ -687,6 +693,12 @@ int cgroup_reconcile(struct cgroup_tree *t, const char *const *live_ids, size_t 
     }
     cg_free_ids(ids, n);
     return failed ? -1 : removed;
+}
+
+/* See cgroup.h. */
+int cgroup_forget(struct cgroup_tree *t, const char *id)
+{
+    return cg_remove_id(t, id) ? 0 : -1;
 }
 
 /* Contract in cgroup.h. */

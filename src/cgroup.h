@@ -92,6 +92,9 @@ void cgroup_free(struct cgroup *cg);
  * (after a crash: pass n_live 0 to remove them all). Returns how many groups were removed, or
  * -1 if some could not be removed. */
 int cgroup_reconcile(struct cgroup_tree *t, const char *const *live_ids, size_t n_live);
+/* Removes sandbox group id (every controller, its processes killed), if it exists: what a
+ * sandbox whose owner died left. 0, or -1 when some part could not be removed (logged). */
+int cgroup_forget(struct cgroup_tree *t, const char *id);
 /* Number of per-sandbox groups currently under the tree (all controllers counted once, by
  * id); -1 on error. Used by leak checks. */
 int cgroup_count(struct cgroup_tree *t);

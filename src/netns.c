@@ -1015,6 +1015,25 @@ static int teardown(struct netns_handle *h, bool link, bool table, bool mnt)
     return rc;
 }
 
+/* Fills h's names (short id, namespace, mount path, host link, host table) for sandbox_id, the
+ * same for netns_create and netns_forget. False (logged) when the id has nothing to name it by. */
+static bool handle_names(const struct netns_pool *pool, const char *sandbox_id,
+                         struct netns_handle *h)
+{
+    size_t max = 15 - strlen(pool->link_prefix) - 1;
+    if (max > NETNS_SHORT_MAX)
+        max = NETNS_SHORT_MAX;
+    if (make_short(sandbox_id, h->short_id, max) == 0) {
+        log_error("netns: sandbox id \"%s\" has no [a-z0-9] characters to name it by", sandbox_id);
+        return false;
+    }
+    snprintf(h->name, sizeof(h->name), "%s-%s", pool->name_prefix, h->short_id);
+    snprintf(h->path, sizeof(h->path), "%s/%s", NETNS_RUN_DIR, h->name);
+    snprintf(h->host_ifname, sizeof(h->host_ifname), "%s-%s", pool->link_prefix, h->short_id);
+    snprintf(h->host_table, sizeof(h->host_table), "%s_%s", pool->name_prefix, h->short_id);
+    return true;
+}
+
 /* See netns.h. */
 struct netns_handle *netns_create(struct netns_pool *pool, const char *sandbox_id,
                                   uint16_t transparent_port, uint16_t dns_port)
@@ -1029,18 +1048,10 @@ struct netns_handle *netns_create(struct netns_pool *pool, const char *sandbox_i
     }
     h = xcalloc(1, sizeof(*h));
     h->fd = -1;
-    size_t max = 15 - strlen(pool->link_prefix) - 1;
-    if (max > NETNS_SHORT_MAX)
-        max = NETNS_SHORT_MAX;
-    if (make_short(sandbox_id, h->short_id, max) == 0) {
-        log_error("netns: sandbox id \"%s\" has no [a-z0-9] characters to name it by", sandbox_id);
+    if (!handle_names(pool, sandbox_id, h)) {
         err = EINVAL;
         goto fail;
     }
-    snprintf(h->name, sizeof(h->name), "%s-%s", pool->name_prefix, h->short_id);
-    snprintf(h->path, sizeof(h->path), "%s/%s", NETNS_RUN_DIR, h->name);
-    snprintf(h->host_ifname, sizeof(h->host_ifname), "%s-%s", pool->link_prefix, h->short_id);
-    snprintf(h->host_table, sizeof(h->host_table), "%s_%s", pool->name_prefix, h->short_id);
     h->transparent_port = transparent_port;
     h->dns_port = dns_port;
     if (run_dir_prepare() == -1) {
@@ -1109,6 +1120,26 @@ int netns_destroy(struct netns_handle *h)
     h->destroyed = true;
     log_debug("netns: destroyed %s", h->name);
     return 0;
+}
+
+/* See netns.h. Each object only if present; the link is deleted outright (no address to keep). */
+int netns_forget(struct netns_pool *pool, const char *sandbox_id)
+{
+    struct netns_handle h = {.fd = -1};
+    if (pool == NULL || sandbox_id == NULL || !handle_names(pool, sandbox_id, &h))
+        return -1;
+    int rc = 0;
+    if (netns_unmount(h.path) == -1)
+        rc = -1;
+    if (host_link_retire(&h, true) == -1 && errno != ENODEV) {
+        log_error("netns: deleting link %s: %s", h.host_ifname, strerror(errno));
+        rc = -1;
+    }
+    if (nft_table_del("inet", h.host_table) == -1)
+        rc = -1;
+    if (rc == 0)
+        log_info("netns: removed what sandbox %s left (%s)", sandbox_id, h.name);
+    return rc;
 }
 
 void netns_free(struct netns_handle *h)

@@ -109,6 +109,11 @@ struct netns_handle *netns_create(struct netns_pool *pool, const char *sandbox_i
  * next call or netns_reconcile() retries). The handle stays allocated. */
 int netns_destroy(struct netns_handle *h);
 
+/* Removes what a sandbox of this id left when its owner died without netns_destroy (a killed
+ * `sandbox run`): the namespace mount, the host link and the host nft table, each if there.
+ * The caller makes sure nobody alive owns the id. 0, or -1 when something could not be removed
+ * (logged). */
+int netns_forget(struct netns_pool *pool, const char *sandbox_id);
 /* netns_destroy() when not done yet, then frees h. NULL is allowed. */
 void netns_free(struct netns_handle *h);
 

@@ -1,10 +1,15 @@
 #include "sandbox_run.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <openssl/rand.h>
 
@@ -13,8 +18,17 @@
 #include "config.h"
 #include "jail.h"
 #include "log.h"
+#include "netns.h"
 #include "serve.h"
 #include "util.h"
+
+/* Every running `sandbox run` holds an flock on SANDBOX_RUN_LOCK_DIR/<id>.lock; the kernel
+ * drops it however the process ends. A run that was killed or crashed leaves its lock file
+ * unlocked, and the next `sandbox run` removes what it left (reap_dead_runs): the network
+ * (netns_forget), the cgroup and SANDBOX_RUN_TMP_PREFIX<id>. */
+#define SANDBOX_RUN_LOCK_DIR   "/run/authproxy/sandbox-run"
+#define SANDBOX_RUN_TMP_PREFIX "/tmp/authproxy-sandbox-"
+#define SANDBOX_RUN_ID_LEN     24 /* hex characters */
 
 static void *server_thread(void *arg)
 {
@@ -22,13 +36,103 @@ static void *server_thread(void *arg)
     return NULL;
 }
 
+/* mkdir -p of SANDBOX_RUN_LOCK_DIR, mode 0700. */
+static int lock_dir_prepare(void)
+{
+    if (mkdir("/run/authproxy", 0700) == -1 && errno != EEXIST)
+        return -1;
+    if (mkdir(SANDBOX_RUN_LOCK_DIR, 0700) == -1 && errno != EEXIST)
+        return -1;
+    return 0;
+}
+
+/* Takes this run's lock file for id and holds its flock. The file is checked to be the one at
+ * the path once locked: a reaper may have unlinked it between our open and our lock (it saw
+ * it unlocked), and a lock on an unlinked file would make this run invisible. The fd, or -1
+ * (logged). */
+static int run_lock_take(const char *id)
+{
+    char path[sizeof(SANDBOX_RUN_LOCK_DIR) + SANDBOX_RUN_ID_LEN + 8];
+    snprintf(path, sizeof(path), "%s/%s.lock", SANDBOX_RUN_LOCK_DIR, id);
+    if (lock_dir_prepare() == -1) {
+        log_error("sandbox run: cannot create %s: %s", SANDBOX_RUN_LOCK_DIR, strerror(errno));
+        return -1;
+    }
+    for (int attempt = 0; attempt < 5; attempt++) {
+        int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (fd == -1)
+            break;
+        struct stat held, at_path;
+        if (flock(fd, LOCK_EX) == 0 && fstat(fd, &held) == 0 && stat(path, &at_path) == 0 &&
+            held.st_dev == at_path.st_dev && held.st_ino == at_path.st_ino)
+            return fd;
+        close(fd);
+    }
+    log_error("sandbox run: cannot take the lock file %s: %s", path, strerror(errno));
+    return -1;
+}
+
+/* True when name is "<SANDBOX_RUN_ID_LEN lower-case hex>.lock"; copies the id into id. */
+static bool lock_name_id(const char *name, char id[SANDBOX_RUN_ID_LEN + 1])
+{
+    if (strlen(name) != SANDBOX_RUN_ID_LEN + 5 || strcmp(name + SANDBOX_RUN_ID_LEN, ".lock") != 0)
+        return false;
+    for (size_t i = 0; i < SANDBOX_RUN_ID_LEN; i++)
+        if (!((name[i] >= '0' && name[i] <= '9') || (name[i] >= 'a' && name[i] <= 'f')))
+            return false;
+    memcpy(id, name, SANDBOX_RUN_ID_LEN);
+    id[SANDBOX_RUN_ID_LEN] = '\0';
+    return true;
+}
+
+/* Removes what dead `sandbox run`s left (see SANDBOX_RUN_LOCK_DIR): for each lock file nobody
+ * holds, its network, cgroup and temporary directory, then the lock file itself (while holding
+ * it, so two reapers never work on one). A lock that is held belongs to a live run (or to a
+ * process of its sandbox that outlived it) and is left alone. Best effort: failures are
+ * logged, and the lock file stays for the next run to retry. */
+static void reap_dead_runs(struct netns_pool *pool, struct cgroup_tree *tree)
+{
+    DIR *d = opendir(SANDBOX_RUN_LOCK_DIR);
+    if (d == NULL)
+        return;
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        char id[SANDBOX_RUN_ID_LEN + 1];
+        if (!lock_name_id(e->d_name, id))
+            continue;
+        char path[sizeof(SANDBOX_RUN_LOCK_DIR) + SANDBOX_RUN_ID_LEN + 8];
+        snprintf(path, sizeof(path), "%s/%s", SANDBOX_RUN_LOCK_DIR, e->d_name);
+        int fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+        if (fd == -1)
+            continue;
+        struct stat st;
+        if (flock(fd, LOCK_EX | LOCK_NB) == 0 && fstat(fd, &st) == 0 && st.st_nlink > 0) {
+            log_info("sandbox run: sandbox %s was left by a run that did not finish; removing it",
+                     id);
+            char tmp[sizeof(SANDBOX_RUN_TMP_PREFIX) + SANDBOX_RUN_ID_LEN];
+            snprintf(tmp, sizeof(tmp), "%s%s", SANDBOX_RUN_TMP_PREFIX, id);
+            int rc = netns_forget(pool, id);
+            if (cgroup_forget(tree, id) == -1)
+                rc = -1;
+            if (box_runtime_remove_tree(tmp) == -1) {
+                log_error("sandbox run: removing %s: %s", tmp, strerror(errno));
+                rc = -1;
+            }
+            if (rc == 0)
+                (void)unlink(path);
+        }
+        close(fd);
+    }
+    closedir(d);
+}
+
 int sandbox_run(const struct sandbox_run_options *o)
 {
     int status = 125;
-    char id[25];
+    char id[SANDBOX_RUN_ID_LEN + 1];
     char err[512];
-    char tmpdir[] = "/tmp/authproxy-sandbox-XXXXXX";
+    char tmpdir[sizeof(SANDBOX_RUN_TMP_PREFIX) + SANDBOX_RUN_ID_LEN];
     bool have_tmpdir = false;
+    int lock_fd = -1;
     char *ca_bundle = NULL, *abs_state = NULL, *abs_config = NULL;
     struct box_runtime_env env = {0};
     struct server *srv = NULL;
@@ -43,6 +147,9 @@ int sandbox_run(const struct sandbox_run_options *o)
         goto out;
     for (size_t i = 0; i < sizeof(rnd); i++)
         snprintf(id + 2 * i, 3, "%02x", rnd[i]);
+    lock_fd = run_lock_take(id); /* before anything of this run exists on the host */
+    if (lock_fd == -1)
+        goto out;
 
     struct serve_options so = {
         .config_path = o->config_path,
@@ -65,7 +172,10 @@ int sandbox_run(const struct sandbox_run_options *o)
 
     abs_state = realpath(o->state_dir, NULL);
     abs_config = o->config_path ? realpath(o->config_path, NULL) : NULL;
-    if (mkdtemp(tmpdir) == NULL) {
+    /* Named by the id (a reaper finds it from the lock file's name); 96 random bits, and mkdir
+     * fails on anything already there, as mkdtemp would. */
+    snprintf(tmpdir, sizeof(tmpdir), "%s%s", SANDBOX_RUN_TMP_PREFIX, id);
+    if (mkdir(tmpdir, 0700) == -1) {
         log_error("sandbox run: cannot create a temporary directory: %s", strerror(errno));
         goto out;
     }
@@ -80,6 +190,7 @@ int sandbox_run(const struct sandbox_run_options *o)
         log_error("sandbox run: cgroups: %s", err);
         goto out;
     }
+    reap_dead_runs(server_netns_pool(srv), tree);
 
     const char *hidden[] = {abs_state, abs_config, NULL};
     if (abs_state == NULL)
@@ -141,6 +252,12 @@ out:
         pthread_join(thread, NULL);
     }
     server_free(srv);
+    if (lock_fd != -1) { /* everything of this run is gone: nothing for a reaper to find */
+        char lock_path[sizeof(SANDBOX_RUN_LOCK_DIR) + SANDBOX_RUN_ID_LEN + 8];
+        snprintf(lock_path, sizeof(lock_path), "%s/%s.lock", SANDBOX_RUN_LOCK_DIR, id);
+        (void)unlink(lock_path);
+        close(lock_fd);
+    }
     free(ca_bundle);
     free(abs_state);
     free(abs_config);

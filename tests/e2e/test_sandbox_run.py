@@ -24,8 +24,8 @@ def netns_count():
     return sum(1 for line in out.splitlines() if line.startswith("authproxy-"))
 
 
-def run_sandbox(stack, tmp_path, cmd, rules=(), secrets=None, access_control=None, timeout=None,
-                extra=()):
+def sandbox_argv(stack, tmp_path, cmd, rules=(), secrets=None, access_control=None, timeout=None,
+                 extra=()):
     cfg = stack.config({"rules": list(rules), "access_control": access_control or {}},
                        secrets=secrets)
     path = tmp_path / "sandbox.json"
@@ -35,8 +35,12 @@ def run_sandbox(stack, tmp_path, cmd, rules=(), secrets=None, access_control=Non
             str(tmp_path / "state"), "--upstream-dns", stack.dns.addr]
     if timeout:
         argv += ["--timeout", str(timeout)]
-    argv += list(extra) + ["--"] + cmd
-    return subprocess.run(argv, capture_output=True, timeout=120)
+    return argv + list(extra) + ["--"] + cmd
+
+
+def run_sandbox(stack, tmp_path, cmd, **kw):
+    return subprocess.run(sandbox_argv(stack, tmp_path, cmd, **kw), capture_output=True,
+                          timeout=120)
 
 
 def api_rule(hosts=(NAME,)):
@@ -377,6 +381,47 @@ def test_twenty_sandboxes_leave_no_netns_link_nft_table_or_cgroup(stack, tmp_pat
         time.sleep(0.5)
         left = host_objects() - before
     assert left == set(), "left behind: %s" % sorted(left)
+
+
+RUN_LOCKS = "/run/authproxy/sandbox-run"
+
+
+def run_locks():
+    return set(os.listdir(RUN_LOCKS)) if os.path.isdir(RUN_LOCKS) else set()
+
+
+def test_a_killed_sandbox_run_is_cleaned_up_by_the_next_one(stack, tmp_path):
+    """kill -9 of `sandbox run` leaves its netns, link, nft table, cgroup and temporary directory
+    (nothing of it can run any more); the next `sandbox run` finds its lock file unlocked and
+    removes all of them, and its command meanwhile."""
+    before, locks_before = host_objects(), run_locks()
+    p = subprocess.Popen(sandbox_argv(stack, tmp_path, ["/bin/sh", "-c", "echo up; exec sleep 60.125"]),
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        mine = set()
+        while time.monotonic() < deadline and not {k for k, _ in mine} >= {"netns", "cgroup"}:
+            time.sleep(0.1)
+            mine = host_objects() - before
+        [lock] = run_locks() - locks_before
+        run_id = lock[:-len(".lock")]
+        tmp = "/tmp/authproxy-sandbox-" + run_id
+        assert {k for k, _ in mine} >= {"netns", "link", "nft", "cgroup"}, mine
+        assert os.path.isdir(tmp)
+    finally:
+        p.kill()
+        p.wait()
+    time.sleep(0.5)
+    assert mine <= host_objects(), "the killed run's objects went away by themselves?"
+
+    q = run_sandbox(stack, tmp_path, ["/bin/true"])
+    assert q.returncode == 0, q.stderr.decode()[-2000:]
+    assert ("sandbox %s was left by a run that did not finish" % run_id).encode() in q.stderr
+    left = mine & host_objects()
+    assert left == set(), "left behind: %s" % sorted(left)
+    assert not os.path.exists(tmp)
+    assert lock not in run_locks()
+    assert subprocess.run(["pgrep", "-f", "sleep 60.125"], capture_output=True).returncode == 1
 
 
 DNS_BURST = r"""
