@@ -107,7 +107,7 @@ def verdict(ok):
 
 def main():
     runs, meta = parse(sys.argv[1])
-    sides = ["authproxy", "mitmproxy"]
+    sides = ["authproxy", "mitmproxy", "nginxproxy"]
 
     def get(side, rid):
         return runs.get((side, rid))
@@ -205,6 +205,27 @@ def main():
       "the only limit: (client + nginx CPU per request, direct) / (client + nginx + authproxy CPU "
       "per request, proxied). It is steadier than the measured ratio when other load comes and goes.")
     w("")
+
+    if any(get("nginxproxy", rid) for rid in ("plain_ka", "plain_ka_lg", "tls_ka")):
+        w("Reference, same run: nginx as a reverse proxy in front of the same origin (2 workers, "
+          "keep-alive upstream pool, Authorization set on every request; for HTTPS it terminates "
+          "the client's TLS and re-encrypts to the origin). It does no policy, no audit and no "
+          "CONNECT, so it shows what a fast C proxy costs on this machine at the least:")
+        w("")
+        w("| workload | direct | nginx as proxy | ratio | authproxy | authproxy / nginx as proxy | "
+          "nginx as proxy, ratio from CPU/req |")
+        w("|---|---:|---:|---:|---:|---:|---:|")
+        for label, rid in (("plain HTTP keep-alive (wrk), req/s", "plain_ka"),
+                           ("plain HTTP keep-alive (loadgen), req/s", "plain_ka_lg"),
+                           ("HTTPS keep-alive (loadgen), req/s", "tls_ka")):
+            d = num(get("direct", rid), "rps")
+            n = num(get("nginxproxy", rid), "rps")
+            a = num(get("authproxy", rid), "rps")
+            dc = cpu_per_req(get("direct", rid), False)
+            nc = cpu_per_req(get("nginxproxy", rid), True)
+            w(f"| {label} | {fmt_rate(d)} | {fmt_rate(n)} | {fmt_ratio(n, d)} | {fmt_rate(a)} | "
+              f"{fmt_ratio(a, n)} | {'n/a' if not dc or not nc else f'{dc / nc:.2f}×'} |")
+        w("")
 
     busy = [(s, i) for (s, i), r in runs.items() if (num(r, "other_cores") or 0) > 0.25]
     if busy:

@@ -11,7 +11,10 @@
 # BENCH_CONNS (32), BENCH_RATE (total req/s of the paced latency runs, 2000), BENCH_IDLE
 # (idle intercepted connections for the memory run, 2000), BENCH_MITM_IDLE (500),
 # BENCH_PACED_SLICES (3) and BENCH_PACED_SLICE (s, 3) for the paced runs, BENCH_QUIET_WAIT (s, 60),
-# BENCH_MITM=0 (skip mitmproxy), BENCH_KEEP=1 (keep the work dir), AUTHPROXY_BIN.
+# BENCH_WORKLOADS (the run ids to do, default all: plain_ka plain_ka_lg tls_ka_wrk tls_ka tls_new
+# tls_new_noreuse plain_paced tls_paced idle), BENCH_MITM=0 (skip mitmproxy),
+# BENCH_NGINX_PROXY=0 (skip the nginx reverse-proxy reference),
+# BENCH_KEEP=1 (keep the work dir), AUTHPROXY_BIN.
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -30,6 +33,8 @@ SLICE=${BENCH_PACED_SLICE:-3}
 IDLE=${BENCH_IDLE:-2000}
 MITM_IDLE=${BENCH_MITM_IDLE:-500}
 MITM=${BENCH_MITM:-1}
+NGP=${BENCH_NGINX_PROXY:-1}
+WORKLOADS=${BENCH_WORKLOADS:-plain_ka plain_ka_lg tls_ka_wrk tls_ka tls_new tls_new_noreuse plain_paced tls_paced idle}
 NAME=origin.test
 SECRET=bench-secret
 
@@ -95,7 +100,8 @@ measure() {
     shift 3
     local a0 a1 c0 c1 n0 n1 m0 m1 w0 w1 line client
     a0=$(nginx_accepts)
-    c0=$( [ "$ppid" = - ] && echo 0 || cpu_ticks "$ppid")
+    # shellcheck disable=SC2086 # PROXY_PID may be a list (the nginx reference's processes)
+    c0=$( [ "$ppid" = - ] && echo 0 || cpu_ticks $ppid)
     n0=$(cpu_ticks $(nginx_pids))
     m0=$(machine_ticks)
     w0=$(now_s)
@@ -104,7 +110,8 @@ measure() {
     w1=$(now_s)
     m1=$(machine_ticks)
     a1=$(nginx_accepts)
-    c1=$( [ "$ppid" = - ] && echo 0 || cpu_ticks "$ppid")
+    # shellcheck disable=SC2086 # as above
+    c1=$( [ "$ppid" = - ] && echo 0 || cpu_ticks $ppid)
     n1=$(cpu_ticks $(nginx_pids))
     line=$(grep '^RESULT' "$WORK/run.out" | tail -1)
     client=$(awk '{printf "%.2f", $1 + $2}' "$WORK/run.time")
@@ -151,7 +158,7 @@ make_pki "authproxy bench origin CA" "$NAME" "subjectAltName=DNS:$NAME" basicCon
 
 # --- origin: nginx ----------------------------------------------------------------------------
 
-read -r NG_HTTP NG_HTTPS NG_HTTPS_CLOSE AP_PORT AP_CTL MITM_PORT <<<"$(free_ports 6)"
+read -r NG_HTTP NG_HTTPS NG_HTTPS_CLOSE AP_PORT AP_CTL MITM_PORT NGP_HTTP NGP_HTTPS <<<"$(free_ports 8)"
 # authproxy bench origin: a tiny fixed response on HTTP and HTTPS, keep-alive without limits.
 # /check names the Authorization the origin received instead of echoing it: authproxy redacts
 # an injected credential that comes back in a response (scrub), so an echo would read '****'.
@@ -271,6 +278,92 @@ else
     MITM_WHY="skipped (BENCH_MITM=0)"
 fi
 
+# --- reference: nginx as a reverse proxy ------------------------------------------------------
+# What the best-known C proxy reaches on this machine doing the least a credential-injecting
+# proxy must do: a second nginx (2 workers) in front of the origin, keep-alive upstream pool,
+# Authorization set on every request; for HTTPS it terminates the client's TLS and speaks TLS
+# (verified, sessions reused) to the origin. No policy, no audit, no CONNECT: a floor under what
+# a proxy costs here, not a competitor (bench/README.md).
+
+NGP_OK=0
+NGP_WHY=
+NGP_MASTER=
+# ngp_pids: the reference nginx's master and workers.
+ngp_pids() { echo "$NGP_MASTER $(ps -o pid= --ppid "$NGP_MASTER" | tr '\n' ' ')"; }
+if [ "$NGP" = 1 ]; then
+    mkdir -p "$WORK/ngp/tmp"
+    cat > "$WORK/ngp/nginx.conf" <<EOF
+worker_processes 2;
+worker_rlimit_nofile 20000;
+pid $WORK/ngp/nginx.pid;
+error_log $WORK/logs/ngp-error.log warn;
+events { worker_connections 10000; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/ngp/tmp/body;
+    proxy_temp_path $WORK/ngp/tmp/proxy;
+    fastcgi_temp_path $WORK/ngp/tmp/fastcgi;
+    uwsgi_temp_path $WORK/ngp/tmp/uwsgi;
+    scgi_temp_path $WORK/ngp/tmp/scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    upstream origin_plain { server 127.0.0.1:$NG_HTTP; keepalive 64; keepalive_requests 100000000; }
+    upstream origin_tls { server 127.0.0.1:$NG_HTTPS; keepalive 64; keepalive_requests 100000000; }
+    proxy_http_version 1.1;
+    proxy_buffering off;
+    # (a level that sets any proxy_set_header inherits none: all three go in each location)
+    server {
+        listen 127.0.0.1:$NGP_HTTP;
+        location / {
+            proxy_pass http://origin_plain;
+            proxy_set_header Host $HOST_PLAIN;
+            proxy_set_header Connection "";
+            proxy_set_header Authorization "Bearer $SECRET";
+        }
+    }
+    server {
+        listen 127.0.0.1:$NGP_HTTPS ssl;
+        ssl_certificate $PKI/origin.crt;
+        ssl_certificate_key $PKI/origin.key;
+        location / {
+            proxy_pass https://origin_tls;
+            proxy_set_header Host $HOST_TLS;
+            proxy_set_header Connection "";
+            proxy_set_header Authorization "Bearer $SECRET";
+            proxy_ssl_server_name on;
+            proxy_ssl_name $NAME;
+            proxy_ssl_verify on;
+            proxy_ssl_trusted_certificate $PKI/ca.crt;
+            proxy_ssl_session_reuse on;
+        }
+    }
+}
+EOF
+    nginx -c "$WORK/ngp/nginx.conf" -p "$WORK/ngp" -e "$WORK/logs/ngp-error.log" -g 'daemon off;' \
+        > "$WORK/logs/ngp.out" 2>&1 &
+    NGP_MASTER=$!
+    PIDS+=("$NGP_MASTER")
+    if wait_port "$NGP_HTTPS" "$NGP_MASTER"; then
+        got_plain=$(curl -s --max-time 5 "http://127.0.0.1:$NGP_HTTP/check")
+        got_tls=$(curl -s --max-time 5 --cacert "$PKI/ca.crt" --resolve "$NAME:$NGP_HTTPS:127.0.0.1" \
+            "https://$NAME:$NGP_HTTPS/check")
+        if [ "$got_plain" = "authorization=injected" ] && [ "$got_tls" = "authorization=injected" ]; then
+            NGP_OK=1
+        else
+            NGP_WHY="injection check failed (plain: '${got_plain:-no answer}', https: '${got_tls:-no answer}')"
+        fi
+    else
+        NGP_WHY="the reference nginx did not start: $(tail -3 "$WORK/logs/ngp-error.log" | tr '\n' ' ')"
+    fi
+    if [ "$NGP_OK" = 1 ]; then
+        note "reference nginx reverse proxy on 127.0.0.1:$NGP_HTTP (plain) and :$NGP_HTTPS (TLS) injects the header"
+    else
+        note "nginx reference skipped: $NGP_WHY"
+    fi
+else
+    NGP_WHY="skipped (BENCH_NGINX_PROXY=0)"
+fi
+
 # --- the runs -----------------------------------------------------------------------------------
 # Workload by workload, each one direct, then through authproxy, then through mitmproxy, back to
 # back: the machine is shared, and load that comes and goes then hits both sides of a ratio
@@ -299,8 +392,13 @@ run_one() {
         direct) pid=-; ca=$PKI/ca.crt ;;
         authproxy) pid=$AP_PID; port=$AP_PORT; ca=$WORK/authproxy-ca.crt ;;
         mitmproxy) pid=$MITM_PID; port=$MITM_PORT; ca=$WORK/mitm/mitmproxy-ca-cert.pem ;;
+        nginxproxy) pid=$(ngp_pids); ca=$PKI/ca.crt ;;
     esac
-    if [ "$side" = direct ]; then
+    if [ "$side" = nginxproxy ]; then # a reverse proxy: the client talks to it as to the origin
+        tls=(--connect "127.0.0.1:$NGP_HTTPS" --tls --sni "$NAME" --cafile "$ca" --host "$HOST_TLS")
+        plain=(--connect "127.0.0.1:$NGP_HTTP" --host "$HOST_PLAIN")
+        url="http://127.0.0.1:$NGP_HTTP/" target=/
+    elif [ "$side" = direct ]; then
         tls=(--connect "127.0.0.1:$NG_HTTPS" --tls --sni "$NAME" --cafile "$ca" --host "$HOST_TLS")
         plain=(--connect "127.0.0.1:$NG_HTTP" --host "$HOST_PLAIN")
         url="http://127.0.0.1:$NG_HTTP/" target=/
@@ -366,7 +464,7 @@ idle_run() {
 LOAD_BEFORE=?
 wait_quiet
 note "$CONNS connections, ${DUR}s per run after ${WARM}s warm-up; authproxy --workers 2, mitmproxy one process"
-for id in plain_ka plain_ka_lg tls_ka_wrk tls_ka tls_new tls_new_noreuse plain_paced tls_paced; do
+for id in $WORKLOADS; do
     quiet_gate
     # Paced runs go in alternating slices (direct, proxy, direct, proxy, ...) whose histograms
     # report.py merges: tail latency is what background noise moves most, and alternating
@@ -374,23 +472,28 @@ for id in plain_ka plain_ka_lg tls_ka_wrk tls_ka tls_new tls_new_noreuse plain_p
     slices=1
     case $id in *_paced) slices=$SLICES ;; esac
     for _ in $(seq "$slices"); do
-    for side in direct authproxy mitmproxy; do
+    for side in direct authproxy mitmproxy nginxproxy; do
         [ "$side" = authproxy ] && [ "$AP_OK" != 1 ] && continue
         [ "$side" = mitmproxy ] && [ "$MITM_OK" != 1 ] && continue
+        [ "$side" = nginxproxy ] && [ "$NGP_OK" != 1 ] && continue
         case "$side:$id" in
             direct:tls_new_noreuse) continue ;; # the direct path has no upstream; compared with tls_new
             authproxy:tls_ka_wrk | mitmproxy:tls_ka_wrk) continue ;; # wrk cannot tunnel
             # mitmproxy saturates far below the paced rate, so its paced latency would only
             # measure its queue; its saturated p99 is on record from the keep-alive runs.
             mitmproxy:plain_paced | mitmproxy:tls_paced | mitmproxy:plain_ka_lg) continue ;;
+            # the reference is measured on the keep-alive throughput workloads only
+            nginxproxy:tls_ka_wrk | nginxproxy:tls_new* | nginxproxy:*_paced) continue ;;
         esac
         run_one "$side" "$id"
     done
     done
 done
 quiet_gate
-[ "$AP_OK" = 1 ] && idle_run authproxy start_authproxy "$AP_PORT" "$WORK/authproxy-ca.crt" "$IDLE" AP_PID
-[ "$MITM_OK" = 1 ] && idle_run mitmproxy start_mitm "$MITM_PORT" "$WORK/mitm/mitmproxy-ca-cert.pem" "$MITM_IDLE" MITM_PID
+IDLE_RUN=0
+case " $WORKLOADS " in *" idle "*) IDLE_RUN=1 ;; esac
+[ "$IDLE_RUN" = 1 ] && [ "$AP_OK" = 1 ] && idle_run authproxy start_authproxy "$AP_PORT" "$WORK/authproxy-ca.crt" "$IDLE" AP_PID
+[ "$IDLE_RUN" = 1 ] && [ "$MITM_OK" = 1 ] && idle_run mitmproxy start_mitm "$MITM_PORT" "$WORK/mitm/mitmproxy-ca-cert.pem" "$MITM_IDLE" MITM_PID
 
 # --- report -------------------------------------------------------------------------------------
 
@@ -402,6 +505,7 @@ quiet_gate
     echo "META authproxy=$("$BIN" version 2>/dev/null | head -1 | tr ' ' '_') authproxy_ok=$AP_OK mitmproxy_ok=$MITM_OK mitmproxy=$(mitmdump --version 2>/dev/null | awk '/^Mitmproxy/ {print $2}')"
     [ "$AP_OK" = 1 ] || echo "META authproxy_why=$(echo "$AP_WHY" | tr ' ' '_')"
     [ "$MITM_OK" = 1 ] || echo "META mitmproxy_why=$(echo "$MITM_WHY" | tr ' ' '_')"
+    [ "$NGP_OK" = 1 ] || echo "META nginxproxy_why=$(echo "$NGP_WHY" | tr ' ' '_')"
 } >> "$RESULTS"
 [ -s "$WORK/logs/client.err" ] && note "client stderr (last lines):" && tail -5 "$WORK/logs/client.err" >&2
 cp "$RESULTS" "$OUT/results.txt"

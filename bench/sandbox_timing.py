@@ -5,7 +5,8 @@
         wall time of `B sandbox run --config C --state-dir S -- true`, end to end (process start
         to exit: the proxy's start inside it, the sandbox, the command, the teardown); and of
         `... -- echo up` to the first byte of its output (the command's result) and from there
-        to exit (the teardown).
+        to exit (the teardown); and of `... -- date +%s%N` to the time the command itself
+        prints (process start to first command).
   api   --control URL --key K [--runs N] [--daemon-log FILE]
         against a running daemon: POST /v2/sandboxes/boxes (timed), then the first
         POST {dataplane_url}/execute {"command": "true"} (timed), DELETE (timed); and then N
@@ -94,7 +95,7 @@ def cmd_run(a):
     if a.config:
         base += ["--config", a.config]
     subprocess.run(base + ["--", "true"], capture_output=True, check=True)  # the CA, made once
-    e2e, out, done = [], [], []
+    e2e, out, done, start = [], [], [], []
     for _ in range(a.runs):
         # `true`: process start to exit, everything included.
         t0 = time.perf_counter()
@@ -118,6 +119,15 @@ def cmd_run(a):
             raise SystemExit("sandbox run -- echo up: %d %r" % (rc, first + rest))
         out.append(ms(t0, t1))
         done.append(ms(t1, t2))
+        # `date +%s%N`: the command prints the wall clock as it starts, so "process start to
+        # first command" is read off the command itself (an upper bound: date's own exec and
+        # start-up are in it). Wall clock on both sides: the same machine's CLOCK_REALTIME.
+        t0 = time.time_ns()
+        p = subprocess.run(base + ["--", "date", "+%s%N"], capture_output=True)
+        if p.returncode != 0 or not p.stdout.strip().isdigit():
+            raise SystemExit("sandbox run -- date: %d %r" % (p.returncode, p.stdout))
+        start.append((int(p.stdout) - t0) / 1e6)
+    stat("sandbox_run_to_command_start", start)
     stat("sandbox_run_e2e", e2e)
     stat("sandbox_run_to_result", out)
     stat("sandbox_run_teardown_after_result", done)
