@@ -100,7 +100,7 @@ static void reap_dead_runs(struct netns_pool *pool, struct cgroup_tree *tree)
         if (!lock_name_id(e->d_name, id))
             continue;
         char path[sizeof(SANDBOX_RUN_LOCK_DIR) + SANDBOX_RUN_ID_LEN + 8];
-        snprintf(path, sizeof(path), "%s/%s", SANDBOX_RUN_LOCK_DIR, e->d_name);
+        snprintf(path, sizeof(path), "%s/%s.lock", SANDBOX_RUN_LOCK_DIR, id);
         int fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
         if (fd == -1)
             continue;
