@@ -917,6 +917,22 @@ out:;
     return rc;
 }
 
+/* conntrack_forget run in a thread of its own (netns_create overlaps it with the host side's
+ * set-up). */
+struct conntrack_job {
+    struct in_addr addr;
+    int rc;
+    int err;
+};
+
+static void *conntrack_thread(void *arg)
+{
+    struct conntrack_job *job = arg;
+    job->rc = conntrack_forget(job->addr);
+    job->err = errno;
+    return NULL;
+}
+
 /* Builds "<short>" from the sandbox id: its [a-z0-9] characters, lower-cased, at most max. */
 static size_t make_short(const char *id, char *out, size_t max)
 {
@@ -1041,6 +1057,9 @@ struct netns_handle *netns_create(struct netns_pool *pool, const char *sandbox_i
     struct netns_handle *h = NULL;
     char *rules = NULL;
     int err = 0;
+    struct conntrack_job ct_job = {.rc = 0};
+    pthread_t ct_tid;
+    bool ct_running = false;
     if (pool == NULL || sandbox_id == NULL || transparent_port == 0 || dns_port == 0 ||
         transparent_port == dns_port) {
         err = EINVAL;
@@ -1073,6 +1092,14 @@ struct netns_handle *netns_create(struct netns_pool *pool, const char *sandbox_i
         teardown(h, job.made_link, false, job.made_mount);
         goto fail;
     }
+    /* Stale connection tracking for the sandbox's address is cleared meanwhile, in a thread:
+     * the kernel walks its whole table for it (milliseconds on a busy host) while the host end
+     * comes up and the host table loads. Nothing runs in the sandbox yet, so nothing new can be
+     * tracked for its address before the join below. */
+    ct_job.addr = h->sandbox_addr;
+    ct_running = pthread_create(&ct_tid, NULL, conntrack_thread, &ct_job) == 0;
+    if (!ct_running)
+        conntrack_thread(&ct_job);
     /* The host end needs no IPv6 either (no router solicitations towards the sandbox); off
      * while it is still down, then up. */
     char *sysctl = xasprintf("/proc/sys/net/ipv6/conf/%s/disable_ipv6", h->host_ifname);
@@ -1080,9 +1107,6 @@ struct netns_handle *netns_create(struct netns_pool *pool, const char *sandbox_i
         log_warn("netns: IPv6 stays enabled on %s (the host table drops it anyway)",
                  h->host_ifname);
     free(sysctl);
-    if (conntrack_forget(h->sandbox_addr) == -1)
-        log_warn("netns: clearing stale connection tracking for %s: %s (its first UDP "
-                 "packets may be lost)", h->name, strerror(errno));
     if (host_link_up(h->host_ifname) == -1) {
         err = errno;
         log_error("netns: bringing %s up: %s", h->host_ifname, strerror(errno));
@@ -1096,11 +1120,18 @@ struct netns_handle *netns_create(struct netns_pool *pool, const char *sandbox_i
         goto fail;
     }
     free(rules);
+    if (ct_running)
+        pthread_join(ct_tid, NULL);
+    if (ct_job.rc == -1)
+        log_warn("netns: clearing stale connection tracking for %s: %s (its first UDP "
+                 "packets may be lost)", h->name, strerror(ct_job.err));
     char sb[INET_ADDRSTRLEN];
     inet_ntop(AF_INET, &h->sandbox_addr, sb, sizeof(sb));
     log_debug("netns: created %s (%s), sandbox address %s", h->name, h->host_ifname, sb);
     return h;
 fail:
+    if (ct_running)
+        pthread_join(ct_tid, NULL);
     free(rules);
     free(h);
     errno = err;
