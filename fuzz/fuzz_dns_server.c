@@ -1,4 +1,4 @@
-// fuzz-sources: src/dns_server.c src/dns_msg.c src/policy.c src/glob.c src/audit.c src/util.c
+// fuzz-sources: src/dns_server.c src/dns_msg.c src/policy.c src/glob.c src/audit.c src/jsonw.c src/util.c
 // fuzz-sources: src/log.c src/http1.c src/scrub.c src/gcp.c src/jws.c
 /* libFuzzer harness for dns_server: the whole resolver, over real loopback sockets, with a fake
  * upstream in the same event loop. The first input byte picks the transport (even: one UDP
