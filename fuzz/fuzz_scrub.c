@@ -6,8 +6,9 @@
  * - after a final pass no value occurs in the output (a credential never gets through whole);
  * - feeding the body in two pieces cut at an input-chosen point, re-presenting the held-back
  *   tail, lets no value through either, and with one value yields exactly the output of feeding
- *   it whole (with several overlapping values the order of redaction may differ; what matters,
- *   that none gets through whole, holds in both). */
+ *   it whole (with several overlapping values the order of redaction may differ, and a value
+ *   holding '*' can match again in redacted bytes; what matters, that none gets through whole,
+ *   holds in all of them). */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -77,7 +78,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     for (size_t k = 0; k < nvals; k++)
         if (strlen(vals[k]) >= SCRUB_MIN_LEN && strchr(vals[k], '*') == NULL)
             CHECK(memmem(out, len, vals[k], strlen(vals[k])) == NULL);
-    if (nvals == 1)
+    /* Not for a value holding '*', the redaction byte: a held-back tail presented again
+     * carries the '*'s of the first pass, which can complete a new occurrence there (found by
+     * this harness: value "*\xff..." before a run of \xff). That only ever redacts more. */
+    if (nvals == 1 && strchr(vals[0], '*') == NULL)
         CHECK(memcmp(out, whole, len) == 0);
 
     free(buf);
