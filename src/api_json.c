@@ -798,42 +798,13 @@ bool api_json_exec_request(const json_t *body, struct api_exec_req *out, struct 
     return ok;
 }
 
-/* Length of the valid UTF-8 sequence at p (at most n bytes available), or 0 if it is not one
- * (overlong forms, surrogates and code points above U+10FFFF are not valid). */
-static size_t utf8_seq(const unsigned char *p, size_t n)
-{
-    if (p[0] < 0x80)
-        return 1;
-    size_t len;
-    uint32_t cp;
-    if (p[0] >= 0xc2 && p[0] <= 0xdf)
-        len = 2, cp = p[0] & 0x1f;
-    else if (p[0] >= 0xe0 && p[0] <= 0xef)
-        len = 3, cp = p[0] & 0x0f;
-    else if (p[0] >= 0xf0 && p[0] <= 0xf4)
-        len = 4, cp = p[0] & 0x07;
-    else
-        return 0;
-    if (n < len)
-        return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((p[i] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (p[i] & 0x3f);
-    }
-    if ((len == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
-        (len == 4 && (cp < 0x10000 || cp > 0x10ffff)))
-        return 0;
-    return len;
-}
-
 json_t *api_json_text(const char *buf, size_t len)
 {
     const unsigned char *p = (const unsigned char *)buf;
     char *clean = xmalloc(len * 3 + 1); /* each invalid byte grows to 3 (U+FFFD) at most */
     size_t o = 0;
     for (size_t i = 0; i < len;) {
-        size_t k = utf8_seq(p + i, len - i);
+        size_t k = utf8_decode(p + i, len - i, NULL);
         if (k == 0) {
             memcpy(clean + o, "\xef\xbf\xbd", 3);
             o += 3;

@@ -50,38 +50,6 @@ static void jsonw_u16_escape(struct jsonw *w, unsigned cp)
     jsonw_raw(w, e, sizeof(e));
 }
 
-/* Decodes one UTF-8 character at s (n bytes left, n >= 1) per RFC 3629: returns its length
- * and sets *cp, or returns 0 for an invalid sequence. */
-static size_t utf8_decode(const unsigned char *s, size_t n, unsigned *cp)
-{
-    unsigned c = s[0];
-    size_t len;
-    unsigned min;
-    if (c < 0x80) {
-        *cp = c;
-        return 1;
-    } else if (c >= 0xc2 && c <= 0xdf) {
-        len = 2, min = 0x80, c &= 0x1f;
-    } else if (c >= 0xe0 && c <= 0xef) {
-        len = 3, min = 0x800, c &= 0x0f;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        len = 4, min = 0x10000, c &= 0x07;
-    } else {
-        return 0;
-    }
-    if (n < len)
-        return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        c = c << 6 | (s[i] & 0x3f);
-    }
-    if (c < min || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
-        return 0;
-    *cp = c;
-    return len;
-}
-
 /* s as a JSON string (see jsonw.h for the escaping). */
 static void jsonw_string(struct jsonw *w, const char *str)
 {
@@ -100,7 +68,7 @@ static void jsonw_string(struct jsonw *w, const char *str)
             i = run;
             continue;
         }
-        unsigned cp;
+        uint32_t cp;
         size_t len = utf8_decode(s + i, n - i, &cp);
         if (len == 0) {
             cp = 0xfffd;

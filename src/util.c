@@ -360,6 +360,37 @@ void errlist_free(struct errlist *e)
 }
 
 /* See util.h. */
+/* See util.h. */
+size_t utf8_decode(const unsigned char *p, size_t n, uint32_t *cp)
+{
+    uint32_t c = p[0];
+    size_t len;
+    uint32_t min;
+    if (c < 0x80) {
+        len = 1, min = 0;
+    } else if (c >= 0xc2 && c <= 0xdf) {
+        len = 2, min = 0x80, c &= 0x1f;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        len = 3, min = 0x800, c &= 0x0f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        len = 4, min = 0x10000, c &= 0x07;
+    } else {
+        return 0;
+    }
+    if (n < len)
+        return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((p[i] & 0xc0) != 0x80)
+            return 0;
+        c = c << 6 | (p[i] & 0x3f);
+    }
+    if (c < min || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
+        return 0;
+    if (cp != NULL)
+        *cp = c;
+    return len;
+}
+
 void hex_encode(const uint8_t *in, size_t n, char *out)
 {
     static const char digits[] = "0123456789abcdef";
