@@ -125,6 +125,22 @@ static void reap_dead_runs(struct netns_pool *pool, struct cgroup_tree *tree)
     closedir(d);
 }
 
+/* One box_runtime_host_start run on a thread of its own (host_start_thread). */
+struct host_start_job {
+    const struct box_host_config *config;
+    struct box_host *host; /* the result; NULL and err set on failure */
+    char err[512];
+};
+
+/* The host side of the sandbox (network namespace, veth, nft rules, cgroup: most of a run's
+ * start) runs here while the caller writes the CA bundle, which the host side only names. */
+static void *host_start_thread(void *arg)
+{
+    struct host_start_job *job = arg;
+    job->host = box_runtime_host_start(job->config, job->err, sizeof(job->err));
+    return NULL;
+}
+
 int sandbox_run(const struct sandbox_run_options *o)
 {
     int status = 125;
@@ -181,10 +197,6 @@ int sandbox_run(const struct sandbox_run_options *o)
     }
     have_tmpdir = true;
     ca_bundle = xasprintf("%s/ca-bundle.pem", tmpdir);
-    if (box_runtime_write_ca_bundle(ca_bundle, o->state_dir, err, sizeof(err)) == -1) {
-        log_error("sandbox run: %s", err);
-        goto out;
-    }
     tree = cgroup_tree_open("authproxy", err, sizeof(err));
     if (tree == NULL) {
         log_error("sandbox run: cgroups: %s", err);
@@ -210,9 +222,24 @@ int sandbox_run(const struct sandbox_run_options *o)
         .ca_bundle = ca_bundle,
         .hidden = hidden,
     };
-    host = box_runtime_host_start(&hc, err, sizeof(err));
-    if (host == NULL) {
+    /* The host side on a thread and the CA bundle here meanwhile (the host side only names the
+     * bundle; the jail reads it): the bundle's write no longer adds to the start. Without a
+     * thread, one after the other. */
+    struct host_start_job job = {.config = &hc};
+    pthread_t host_thread;
+    bool host_threaded = pthread_create(&host_thread, NULL, host_start_thread, &job) == 0;
+    int bundle_rc = box_runtime_write_ca_bundle(ca_bundle, o->state_dir, err, sizeof(err));
+    if (host_threaded)
+        pthread_join(host_thread, NULL);
+    else
+        host_start_thread(&job);
+    host = job.host; /* owned here from now on, whatever failed */
+    if (bundle_rc == -1) {
         log_error("sandbox run: %s", err);
+        goto out;
+    }
+    if (host == NULL) {
+        log_error("sandbox run: %s", job.err);
         goto out;
     }
 
