@@ -163,7 +163,8 @@ int sandbox_run(const struct sandbox_run_options *o)
      * reuse (one arena for all threads, no trimming, blocks under 1 MiB from the heap): each
      * libnftables call initialises 512 KiB of fresh hash tables for its cache, and on this
      * VM first-touch page faults made that 2.5-3.5 ms per call, several calls per start.
-     * Measured: start to the command 47-49 ms median against 51-53 ms (docs/BENCHMARKS.md).
+     * Measured: start to the command 44.6-49.2 ms median against 45.3-53.2 ms, in 10 of 10
+     * alternating rounds (docs/BENCHMARKS.md, "Sandboxes").
      * Before any thread exists, as M_ARENA_MAX requires. */
     (void)mallopt(M_ARENA_MAX, 1);
     (void)mallopt(M_MMAP_THRESHOLD, 1 << 20);
