@@ -64,9 +64,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     CHECK(scope.region[0] != '\0' && scope.service[0] != '\0');
     for (const char *p = scope.region; *p; p++)
         CHECK((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '-');
+    /* (AWS signing names are not all lowercase: secure tunneling's is "IoTSecuredTunneling") */
     for (const char *p = scope.service; *p; p++)
-        CHECK((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '-' || *p == '.' ||
-              *p == '_');
+        CHECK((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+              *p == '-' || *p == '.' || *p == '_');
 
     struct sigv4_request sr = {
         .method = req->method,
