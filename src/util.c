@@ -360,7 +360,6 @@ void errlist_free(struct errlist *e)
 }
 
 /* See util.h. */
-/* See util.h. */
 size_t utf8_decode(const unsigned char *p, size_t n, uint32_t *cp)
 {
     uint32_t c = p[0];
@@ -391,6 +390,7 @@ size_t utf8_decode(const unsigned char *p, size_t n, uint32_t *cp)
     return len;
 }
 
+/* See util.h. */
 void hex_encode(const uint8_t *in, size_t n, char *out)
 {
     static const char digits[] = "0123456789abcdef";

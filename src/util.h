@@ -23,6 +23,7 @@ char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* Lower-case hex of n bytes into out, which holds 2 * n + 1 bytes (NUL-terminated). */
 void hex_encode(const uint8_t *in, size_t n, char *out);
+
 /* Decodes the UTF-8 character at p (n >= 1 bytes available) per RFC 3629: returns its length
  * (1-4) and sets *cp (when cp is not NULL), or returns 0 for an invalid sequence (a bad lead or
  * continuation byte, truncated, overlong, a surrogate, above U+10FFFF). */
