@@ -49,6 +49,7 @@
 #include "sigv4.h"
 #include "store.h"
 #include "tls_mitm.h"
+#include "tls_readahead.h"
 #include "upstream.h"
 #include "util.h"
 
@@ -127,6 +128,7 @@ struct conn {
     int fd;
     struct bufferevent *client; /* socket or TLS over the socket */
     struct outflush client_flush; /* attached to client, plain or TLS (outflush.h) */
+    struct tls_readahead client_readahead; /* attached to client when TLS (tls_readahead.h) */
     char peer[64];
     struct event *timer;   /* head timeout / idle timeout while between requests */
     struct event *peek_ev; /* TUNNEL_ACCEPTING: client's first byte */
@@ -303,6 +305,7 @@ static void conn_close(struct conn *c)
     if (c->repeek_timer)
         event_free(c->repeek_timer);
     outflush_detach(&c->client_flush);
+    tls_readahead_detach(&c->client_readahead);
     if (c->client)
         bufferevent_free(c->client); /* a TLS/plain bufferevent made after CONNECT owns the fd */
     if (c->fd != -1)
@@ -405,6 +408,21 @@ static const struct config_limits *conn_limits(const struct conn *c)
     return &c->w->current->config->limits;
 }
 
+/* Enables reading from the client. A TLS client's SSL may already hold the next records
+ * (read-ahead): the recheck has them read even though the socket will not report them. */
+static void client_enable_read(struct conn *c)
+{
+    bufferevent_enable(c->client, EV_READ);
+    tls_readahead_recheck(&c->client_readahead);
+}
+
+/* The same for the upstream connection in use. */
+static void upstream_enable_read(struct conn *c)
+{
+    bufferevent_enable(c->up->bev, EV_READ);
+    tls_readahead_recheck(&c->up->readahead);
+}
+
 /* Enters READ_HEAD between requests: idle timeout until the next head starts. */
 static void enter_read_head(struct conn *c)
 {
@@ -417,7 +435,7 @@ static void enter_read_head(struct conn *c)
     bufferevent_setcb(c->client, client_read_cb, NULL, client_event_cb, c);
     /* EV_READ only: enabling EV_WRITE adds the write event even with nothing to write (an
      * epoll_ctl and a wake-up per request); bufferevents arm it themselves when data is queued. */
-    bufferevent_enable(c->client, EV_READ);
+    client_enable_read(c);
 }
 
 /* ---------------------------------------------------------------- relaying */
@@ -553,12 +571,12 @@ static void start_forwarding(struct conn *c)
     unsigned idle = conn_limits(c)->idle_timeout_ms;
     struct timeval tv = {.tv_sec = idle / 1000, .tv_usec = (idle % 1000) * 1000};
     bufferevent_set_timeouts(c->up->bev, &tv, NULL);
-    bufferevent_enable(c->up->bev, EV_READ);
+    upstream_enable_read(c);
     bufferevent_write_buffer(c->up->bev, r->head_out);
     evbuffer_free(r->head_out);
     r->head_out = NULL;
     bufferevent_setcb(c->client, client_read_cb, client_write_cb, client_event_cb, c);
-    bufferevent_enable(c->client, EV_READ);
+    client_enable_read(c);
     pump_request_body(c);
     if (c->up != NULL && c->up->tls)
         coalesce_small_output(c->up->bev);
@@ -856,7 +874,7 @@ static void upstream_write_cb(struct bufferevent *bev, void *arg)
     /* The upstream drained below the low-water mark: resume reading the client. */
     bufferevent_setwatermark(c->up->bev, EV_WRITE, 0, 0);
     if (c->state == CONN_TUNNEL || c->state == CONN_FORWARDING) {
-        bufferevent_enable(c->client, EV_READ);
+        client_enable_read(c);
         if (c->state == CONN_FORWARDING)
             pump_request_body(c);
         else
@@ -1166,6 +1184,7 @@ static void start_client_tls(struct conn *c)
     c->fd = -1;
     bufferevent_openssl_set_allow_dirty_shutdown(c->client, 1);
     outflush_attach_tls(&c->client_flush, &c->w->outflush, c->client);
+    tls_readahead_attach(&c->client_readahead, &c->w->readahead, c->client);
     c->state = CONN_CLIENT_HANDSHAKE;
     arm_timer(c, conn_limits(c)->header_timeout_ms);
     bufferevent_setcb(c->client, client_read_cb, NULL, client_tls_event_cb, c);
@@ -1316,7 +1335,7 @@ static void credentials_ready_cb(struct cred_headers *h, void *arg)
     c->cred_ready = true;
     c->cred = h;
     c->state = CONN_READ_HEAD;
-    bufferevent_enable(c->client, EV_READ);
+    client_enable_read(c);
     handle_request_head(c); /* the head is still buffered; this time the credential is known */
 }
 
@@ -1850,7 +1869,7 @@ static void client_write_cb(struct bufferevent *bev, void *arg)
     /* Client drained below the low-water mark: resume reading from the upstream. */
     bufferevent_setwatermark(bev, EV_WRITE, 0, 0);
     if (c->up && (c->state == CONN_FORWARDING || c->state == CONN_TUNNEL)) {
-        bufferevent_enable(c->up->bev, EV_READ);
+        upstream_enable_read(c);
         if (c->state == CONN_FORWARDING)
             process_upstream_input(c);
         else

@@ -104,10 +104,12 @@ static void uc_finish(struct upstream_connect *uc, enum upstream_error err, cons
         uc->bev = NULL;
         uc->fd = -1;
         bufferevent_setcb(u->bev, NULL, NULL, NULL, NULL);
-        if (u->tls)
+        if (u->tls) {
             outflush_attach_tls(&u->flush, &u->w->outflush, u->bev);
-        else
+            tls_readahead_attach(&u->readahead, &u->w->readahead, u->bev);
+        } else {
             outflush_attach(&u->flush, &u->w->outflush, u->bev);
+        }
     }
     upstream_connect_cb cb = uc->cb;
     void *arg = uc->arg;
@@ -517,6 +519,7 @@ void upstream_release(struct upstream *u, bool reusable)
     bufferevent_set_timeouts(u->bev, &tv, NULL);
     bufferevent_setcb(u->bev, idle_read_cb, NULL, idle_event_cb, u);
     bufferevent_enable(u->bev, EV_READ);
+    tls_readahead_recheck(&u->readahead); /* bytes behind the response: idle_read_cb drops u */
     TAILQ_INSERT_TAIL(&w->idle_upstreams, u, idle_link);
     w->n_idle_upstreams++;
 }
@@ -526,6 +529,7 @@ void upstream_free(struct upstream *u)
     if (u == NULL)
         return;
     outflush_detach(&u->flush);
+    tls_readahead_detach(&u->readahead);
     if (u->bev)
         bufferevent_free(u->bev);
     free(u->key);

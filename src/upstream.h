@@ -13,6 +13,7 @@
 #include <openssl/ssl.h>
 
 #include "outflush.h"
+#include "tls_readahead.h"
 #include "worker.h"
 
 struct bufferevent;
@@ -28,6 +29,7 @@ struct upstream {
     uint64_t idle_since_us;
     uint64_t requests; /* requests served on this connection so far */
     struct outflush flush; /* attached to bev, plain or TLS (outflush.h) */
+    struct tls_readahead readahead; /* attached to bev when TLS (tls_readahead.h) */
 };
 
 enum upstream_error {

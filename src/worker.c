@@ -196,6 +196,10 @@ struct worker *worker_new(int index, const struct serve_shared *shared, int prox
         snprintf(err, err_len, "cannot create the output flush event");
         goto fail;
     }
+    if (tls_readahead_queue_init(&w->readahead, w->base) != 0) {
+        snprintf(err, err_len, "cannot create the TLS read-ahead event");
+        goto fail;
+    }
     audit_batch_init(&w->audit, shared->audit);
     w->outflush.before_writes = worker_flush_audit;
     w->outflush.before_writes_arg = w;
@@ -289,6 +293,7 @@ void worker_join_and_free(struct worker *w)
     if (w->accept_resume)
         event_free(w->accept_resume);
     outflush_queue_free(&w->outflush); /* every conn and upstream is gone: none is queued */
+    tls_readahead_queue_free(&w->readahead);
     audit_batch_free(&w->audit);       /* the last turn's records, if its flush never ran */
     if (w->dns)
         evdns_base_free(w->dns, 1);

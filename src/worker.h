@@ -17,6 +17,7 @@
 #include "metrics.h"
 #include "audit.h"
 #include "outflush.h"
+#include "tls_readahead.h"
 #include "snapshot.h"
 
 struct event_base;
@@ -77,6 +78,7 @@ struct worker {
     bool draining; /* stop accepting; close connections as they go idle */
     struct dyncred_fetch_list fetches; /* credential exchanges this worker runs for everyone */
     struct outflush_queue outflush;    /* sockets' output written once per turn */
+    struct tls_readahead_queue readahead; /* TLS input OpenSSL read ahead, resumed per turn */
     struct audit_batch audit;          /* this turn's audit lines, written before that output */
 
     atomic_uint_fast64_t applied_version; /* the snapshot version now in use (any thread reads) */

@@ -234,6 +234,82 @@ def tunnel(proxy_port, host, cafile, port=443, sni=None):
     return Conn(ts), None
 
 
+class RecordTLS:
+    """A TLS client over a socket through ssl.SSLObject, for tests that decide how TLS records
+    meet TCP segments: send_records puts each message in a TLS record of its own and hands
+    them to the kernel in one sendall. Socket-like enough for Conn (sendall, recv, settimeout,
+    close)."""
+
+    def __init__(self, sock, cafile, host):
+        self.sock = sock
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.obj = client_tls_context(cafile).wrap_bio(self.incoming, self.outgoing,
+                                                       server_hostname=host)
+
+    def handshake(self, flush=True):
+        """Runs the handshake. With flush=False the client's last flight (its Finished) stays
+        unsent, so that the next send_records puts application data in the same segment."""
+        while True:
+            try:
+                self.obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._flush()
+                self._feed()
+        if flush:
+            self._flush()
+
+    def send_records(self, messages):
+        for m in messages:
+            self.obj.write(m)
+        self._flush()
+
+    def sendall(self, data):
+        self.send_records([data])
+
+    def recv(self, n):
+        while True:
+            try:
+                return self.obj.read(n)
+            except ssl.SSLWantReadError:
+                if not self._feed():
+                    return b""
+            except ssl.SSLZeroReturnError:
+                return b""
+
+    def settimeout(self, t):
+        self.sock.settimeout(t)
+
+    def close(self):
+        self.sock.close()
+
+    def _flush(self):
+        data = self.outgoing.read()
+        if data:
+            self.sock.sendall(data)
+
+    def _feed(self):
+        data = self.sock.recv(65536)
+        if not data:
+            self.incoming.write_eof()
+            return False
+        self.incoming.write(data)
+        return True
+
+
+def record_tunnel(proxy_port, host, cafile, flush_handshake=True):
+    """CONNECT host:443 and a RecordTLS handshake over it; returns (Conn, RecordTLS)."""
+    s, resp = connect(proxy_port, "%s:443" % host)
+    if resp.status // 100 != 2:
+        s.close()
+        raise AssertionError("CONNECT refused: %r" % resp)
+    s.settimeout(TIMEOUT)
+    t = RecordTLS(s, cafile, host)
+    t.handshake(flush=flush_handshake)
+    return Conn(t), t
+
+
 def request_bytes(method, target, host, headers=(), body=None):
     lines = ["%s %s HTTP/1.1" % (method, target), "Host: %s" % host]
     lines += ["%s: %s" % h for h in headers]
