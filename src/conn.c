@@ -42,6 +42,7 @@
 #include "http1.h"
 #include "log.h"
 #include "outflush.h"
+#include "plainread.h"
 #include "policy.h"
 #include "registry.h"
 #include "sandbox_limits.h"
@@ -1203,6 +1204,7 @@ static bool client_plain_bev(struct conn *c, bool owns_fd)
         conn_close(c);
         return false;
     }
+    plainread_attach(c->client);
     outflush_attach(&c->client_flush, &c->w->outflush, c->client);
     if (owns_fd)
         c->fd = -1;

@@ -17,6 +17,7 @@
 #include <event2/util.h>
 
 #include "log.h"
+#include "plainread.h"
 #include "util.h"
 
 /* Idle pooled connections: at most this many per worker, and none older than this. */
@@ -160,6 +161,7 @@ static void uc_connected(struct upstream_connect *uc)
             uc_finish(uc, UPSTREAM_ERR_CONNECT, "cannot set up the connection");
             return;
         }
+        plainread_attach(uc->bev);
         uc->fd = -1;
         uc_finish(uc, UPSTREAM_OK, NULL);
         return;
