@@ -145,12 +145,36 @@ static void test_a_record_reads_back_member_by_member(void **state)
     free(text);
 }
 
+/* Numbers at the edges of their digits: zero, powers of ten, the largest u64; thousandths
+ * whose fraction has leading or trailing zeros. */
+static void test_numbers_at_digit_edges(void **state)
+{
+    (void)state;
+    struct jsonw w;
+    jsonw_begin(&w, 0);
+    jsonw_u64(&w, "a", 0);
+    jsonw_u64(&w, "b", 9);
+    jsonw_u64(&w, "c", 10);
+    jsonw_u64(&w, "d", 1000000);
+    jsonw_u64(&w, "e", UINT64_MAX);
+    jsonw_thousandths(&w, "f", 0);
+    jsonw_thousandths(&w, "g", 1000);
+    jsonw_thousandths(&w, "h", 1050);
+    jsonw_thousandths(&w, "i", 999);
+    char *text = jsonw_finish(&w, NULL);
+    assert_string_equal(text, "{\"a\":0,\"b\":9,\"c\":10,\"d\":1000000,"
+                              "\"e\":18446744073709551615,\"f\":0.000,\"g\":1.000,"
+                              "\"h\":1.050,\"i\":0.999}");
+    free(text);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_any_utf8_string_reads_back_exactly),
         cmocka_unit_test(test_invalid_utf8_becomes_replacement_characters),
         cmocka_unit_test(test_a_record_reads_back_member_by_member),
+        cmocka_unit_test(test_numbers_at_digit_edges),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
