@@ -8,25 +8,28 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "config.h"
 #include "log.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-/* Occurrences of needle in the haystack of hlen bytes. */
+/* Occurrences of needle in the haystack of hlen bytes, ASCII case ignored. */
 static size_t fuzz_count(const char *hay, size_t hlen, const char *needle)
 {
     size_t n = 0, nlen = strlen(needle);
     for (size_t i = 0; nlen > 0 && i + nlen <= hlen; i++)
-        if (memcmp(hay + i, needle, nlen) == 0)
+        if (strncasecmp(hay + i, needle, nlen) == 0)
             n++;
     return n;
 }
 
 /* Aborts if a secret value that occurs only once in the input (so it cannot have been echoed
  * from some other field) shows up in an error message. Short values are skipped: they may
- * legitimately coincide with message text. */
+ * legitimately coincide with message text. Occurrences are counted with case ignored: host
+ * patterns are echoed lowercased, so a pattern holding the value in other case is an echo of
+ * that pattern, not of the secret (seed: secret-value-in-other-case-in-a-host-pattern.json). */
 static void fuzz_check_secrets(const uint8_t *data, size_t size, const struct errlist *errs)
 {
     json_t *root = json_loadb((const char *)data, size, 0, NULL);
