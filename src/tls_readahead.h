@@ -23,9 +23,10 @@
  * read event needs the semi-public event2/bufferevent_struct.h, as outflush does for writes.
  *
  * The owner's contract: call tls_readahead_recheck after every bufferevent_enable(EV_READ) of
- * an attached bufferevent (including the one after the handshake), and attach only
- * bufferevents without a read high-water mark that the owner changes behind this module's back
- * (a mark is honoured when set: no kick while the input is at or above it).
+ * an attached bufferevent (including the one after the handshake). A read high-water mark is
+ * honoured (no kick while the input is at or above it), but libevent resumes reading by itself
+ * when the input drains below the mark, without a recheck: an owner that sets one must recheck
+ * after draining. authproxy sets none on these connections.
  *
  * Everything here runs in the one thread of the queue's event base. */
 #ifndef AUTHPROXY_TLS_READAHEAD_H

@@ -284,6 +284,17 @@ def header_rule(name, hosts, headers, paths=(), allow_plaintext=None, enabled=Tr
     return r
 
 
+@pytest.fixture
+def api(stack):
+    """A TLS origin behind a credential rule; returns (origin, daemon, key). A module may
+    define its own `api` (with other limits) instead."""
+    origin = stack.tls_origin("api.example.test")
+    key = stack.secret()
+    rule = header_rule("api", ["api.example.test"], [("Authorization", "workspace_secret", "Bearer {K}")])
+    d = stack.start({"rules": [rule]}, secrets={"K": key})
+    return origin, d, key
+
+
 def client_env(home):
     """A clean environment for client subprocesses: no inherited proxies, a private HOME."""
     env = sanitizer_env()

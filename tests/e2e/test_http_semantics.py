@@ -8,19 +8,9 @@ import time
 import pytest
 import requests
 
-from conftest import client_env, header_rule
+from conftest import client_env
 from helpers import client
 from helpers.origin import BIG_BODY, CHUNKED_PARTS
-
-
-@pytest.fixture
-def api(stack):
-    """A TLS origin behind a credential rule; returns (origin, daemon, key)."""
-    origin = stack.tls_origin("api.example.test")
-    key = stack.secret()
-    rule = header_rule("api", ["api.example.test"], [("Authorization", "workspace_secret", "Bearer {K}")])
-    d = stack.start({"rules": [rule]}, secrets={"K": key})
-    return origin, d, key
 
 
 def open_tunnel(stack, d):

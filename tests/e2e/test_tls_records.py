@@ -5,19 +5,7 @@ nothing more to report; each case here stalls until the client's timeout if that
 not read. Both directions: the client's records into the proxy, the origin's out of it."""
 import socket
 
-import pytest
-
-from conftest import header_rule
 from helpers import client
-
-
-@pytest.fixture
-def api(stack):
-    origin = stack.tls_origin("api.example.test")
-    key = stack.secret()
-    rule = header_rule("api", ["api.example.test"], [("Authorization", "workspace_secret", "Bearer {K}")])
-    d = stack.start({"rules": [rule]}, secrets={"K": key})
-    return origin, d, key
 
 
 def corked(conn, writes):
