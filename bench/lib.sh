@@ -141,6 +141,14 @@ build_loadgen() {
     bench_cc -pthread "$ROOT/bench/loadgen.c" -o "$LG" $(pkg-config --cflags --libs openssl) -lm
 }
 
+# build_relay: builds RELAY from bench/relay.c when it is missing or older than its source;
+# false when it does not compile.
+build_relay() {
+    needs_build "$RELAY" "$ROOT/bench/relay.c" || return 0
+    note "building $RELAY"
+    bench_cc -pthread "$ROOT/bench/relay.c" -o "$RELAY"
+}
+
 # make_pki CA_CN LEAF_CN EXT_LINE...: makes PKI=WORK/pki with a P-256 CA (ca.crt, ca.key, CN
 # CA_CN) and a P-256 leaf origin.crt/origin.key (CN LEAF_CN, the EXT_LINEs as its extension
 # file) signed by it, valid 2 days, files mode 644; dies when openssl fails.

@@ -107,7 +107,7 @@ def verdict(ok):
 
 def main():
     runs, meta = parse(sys.argv[1])
-    sides = ["authproxy", "mitmproxy", "nginxproxy"]
+    sides = ["authproxy", "mitmproxy", "nginxproxy", "relay"]
 
     def get(side, rid):
         return runs.get((side, rid))
@@ -225,6 +225,26 @@ def main():
             nc = cpu_per_req(get("nginxproxy", rid), True)
             w(f"| {label} | {fmt_rate(d)} | {fmt_rate(n)} | {fmt_ratio(n, d)} | {fmt_rate(a)} | "
               f"{fmt_ratio(a, n)} | {'n/a' if not dc or not nc else f'{dc / nc:.2f}×'} |")
+        w("")
+
+    if any(get("relay", rid) for rid in ("plain_ka", "plain_ka_lg")):
+        w("Floor, same run: a byte relay (bench/relay.c, 2 threads) between the client and a "
+          "keep-alive connection to the origin. It parses nothing and injects nothing; it makes "
+          "the system calls a keep-alive proxy cannot avoid and no others, so its ratio is what "
+          "this machine's kernel and scheduler leave for any user-space proxy:")
+        w("")
+        w("| workload | direct | relay | ratio | authproxy | authproxy / relay | "
+          "relay, ratio from CPU/req |")
+        w("|---|---:|---:|---:|---:|---:|---:|")
+        for label, rid in (("plain HTTP keep-alive (wrk), req/s", "plain_ka"),
+                           ("plain HTTP keep-alive (loadgen), req/s", "plain_ka_lg")):
+            d = num(get("direct", rid), "rps")
+            f = num(get("relay", rid), "rps")
+            a = num(get("authproxy", rid), "rps")
+            dc = cpu_per_req(get("direct", rid), False)
+            fc = cpu_per_req(get("relay", rid), True)
+            w(f"| {label} | {fmt_rate(d)} | {fmt_rate(f)} | {fmt_ratio(f, d)} | {fmt_rate(a)} | "
+              f"{fmt_ratio(a, f)} | {'n/a' if not dc or not fc else f'{dc / fc:.2f}×'} |")
         w("")
 
     busy = [(s, i) for (s, i), r in runs.items() if (num(r, "other_cores") or 0) > 0.25]

@@ -13,7 +13,8 @@
 # BENCH_PACED_SLICES (3) and BENCH_PACED_SLICE (s, 3) for the paced runs, BENCH_QUIET_WAIT (s, 60),
 # BENCH_WORKLOADS (the run ids to do, default all: plain_ka plain_ka_lg tls_ka_wrk tls_ka tls_new
 # tls_new_noreuse plain_paced tls_paced idle), BENCH_MITM=0 (skip mitmproxy),
-# BENCH_NGINX_PROXY=0 (skip the nginx reverse-proxy reference),
+# BENCH_NGINX_PROXY=0 (skip the nginx reverse-proxy reference), BENCH_RELAY=0 (skip the byte
+# relay floor),
 # BENCH_KEEP=1 (keep the work dir), AUTHPROXY_BIN.
 set -uo pipefail
 
@@ -34,6 +35,7 @@ IDLE=${BENCH_IDLE:-2000}
 MITM_IDLE=${BENCH_MITM_IDLE:-500}
 MITM=${BENCH_MITM:-1}
 NGP=${BENCH_NGINX_PROXY:-1}
+RLY=${BENCH_RELAY:-1}
 WORKLOADS=${BENCH_WORKLOADS:-plain_ka plain_ka_lg tls_ka_wrk tls_ka tls_new tls_new_noreuse plain_paced tls_paced idle}
 NAME=origin.test
 SECRET=bench-secret
@@ -150,6 +152,8 @@ wrk_warm() {
 # --- build the load generator -------------------------------------------------------------------
 
 build_loadgen || die "loadgen does not compile"
+RELAY=$OUT/relay
+build_relay || die "relay does not compile"
 
 # --- bench PKI: a private CA and a P-256 leaf for origin.test ----------------------------------
 
@@ -158,7 +162,7 @@ make_pki "authproxy bench origin CA" "$NAME" "subjectAltName=DNS:$NAME" basicCon
 
 # --- origin: nginx ----------------------------------------------------------------------------
 
-read -r NG_HTTP NG_HTTPS NG_HTTPS_CLOSE AP_PORT AP_CTL MITM_PORT NGP_HTTP NGP_HTTPS <<<"$(free_ports 8)"
+read -r NG_HTTP NG_HTTPS NG_HTTPS_CLOSE AP_PORT AP_CTL MITM_PORT NGP_HTTP NGP_HTTPS RLY_PORT <<<"$(free_ports 9)"
 # authproxy bench origin: a tiny fixed response on HTTP and HTTPS, keep-alive without limits.
 # /check names the Authorization the origin received instead of echoing it: authproxy redacts
 # an injected credential that comes back in a response (scrub), so an echo would read '****'.
@@ -364,6 +368,31 @@ else
     NGP_WHY="skipped (BENCH_NGINX_PROXY=0)"
 fi
 
+# --- floor: a byte relay ---------------------------------------------------------------------
+# bench/relay.c (2 threads, like authproxy's workers) copies bytes between the client and a
+# connection to the origin without reading them: the system calls of a keep-alive proxy and
+# nothing else. Its plain-HTTP ratio is what this machine leaves for any user-space proxy.
+
+RLY_OK=0
+RLY_WHY=
+RLY_PID=
+if [ "$RLY" = 1 ]; then
+    "$RELAY" --listen "127.0.0.1:$RLY_PORT" --upstream "127.0.0.1:$NG_HTTP" -t 2 \
+        > "$WORK/logs/relay.out" 2>&1 &
+    RLY_PID=$!
+    PIDS+=("$RLY_PID")
+    if wait_port "$RLY_PORT" "$RLY_PID"; then
+        got=$(curl -s --max-time 5 -x "http://127.0.0.1:$RLY_PORT" "http://$HOST_PLAIN/check")
+        # the relay injects nothing: the origin must see the request as the client sent it
+        [ "$got" = "authorization=none" ] && RLY_OK=1 || RLY_WHY="relay check failed: '${got:-no answer}'"
+    else
+        RLY_WHY="the relay did not start: $(tail -3 "$WORK/logs/relay.out" | tr '\n' ' ')"
+    fi
+    [ "$RLY_OK" = 1 ] && note "byte relay on 127.0.0.1:$RLY_PORT reaches the origin" || note "relay skipped: $RLY_WHY"
+else
+    RLY_WHY="skipped (BENCH_RELAY=0)"
+fi
+
 # --- the runs -----------------------------------------------------------------------------------
 # Workload by workload, each one direct, then through authproxy, then through mitmproxy, back to
 # back: the machine is shared, and load that comes and goes then hits both sides of a ratio
@@ -393,6 +422,7 @@ run_one() {
         authproxy) pid=$AP_PID; port=$AP_PORT; ca=$WORK/authproxy-ca.crt ;;
         mitmproxy) pid=$MITM_PID; port=$MITM_PORT; ca=$WORK/mitm/mitmproxy-ca-cert.pem ;;
         nginxproxy) pid=$(ngp_pids); ca=$PKI/ca.crt ;;
+        relay) pid=$RLY_PID; port=$RLY_PORT; ca=- ;; # (plain only: no CA)
     esac
     if [ "$side" = nginxproxy ]; then # a reverse proxy: the client talks to it as to the origin
         tls=(--connect "127.0.0.1:$NGP_HTTPS" --tls --sni "$NAME" --cafile "$ca" --host "$HOST_TLS")
@@ -472,8 +502,9 @@ for id in $WORKLOADS; do
     slices=1
     case $id in *_paced) slices=$SLICES ;; esac
     for _ in $(seq "$slices"); do
-    for side in direct authproxy mitmproxy nginxproxy; do
+    for side in direct authproxy mitmproxy nginxproxy relay; do
         [ "$side" = authproxy ] && [ "$AP_OK" != 1 ] && continue
+        [ "$side" = relay ] && [ "$RLY_OK" != 1 ] && continue
         [ "$side" = mitmproxy ] && [ "$MITM_OK" != 1 ] && continue
         [ "$side" = nginxproxy ] && [ "$NGP_OK" != 1 ] && continue
         case "$side:$id" in
@@ -484,6 +515,8 @@ for id in $WORKLOADS; do
             mitmproxy:plain_paced | mitmproxy:tls_paced | mitmproxy:plain_ka_lg) continue ;;
             # the reference is measured on the keep-alive throughput workloads only
             nginxproxy:tls_ka_wrk | nginxproxy:tls_new* | nginxproxy:*_paced) continue ;;
+            relay:plain_ka | relay:plain_ka_lg) ;; # the floor: plain keep-alive only
+            relay:*) continue ;;
         esac
         run_one "$side" "$id"
     done
@@ -506,6 +539,7 @@ case " $WORKLOADS " in *" idle "*) IDLE_RUN=1 ;; esac
     [ "$AP_OK" = 1 ] || echo "META authproxy_why=$(echo "$AP_WHY" | tr ' ' '_')"
     [ "$MITM_OK" = 1 ] || echo "META mitmproxy_why=$(echo "$MITM_WHY" | tr ' ' '_')"
     [ "$NGP_OK" = 1 ] || echo "META nginxproxy_why=$(echo "$NGP_WHY" | tr ' ' '_')"
+    [ "$RLY_OK" = 1 ] || echo "META relay_why=$(echo "$RLY_WHY" | tr ' ' '_')"
 } >> "$RESULTS"
 [ -s "$WORK/logs/client.err" ] && note "client stderr (last lines):" && tail -5 "$WORK/logs/client.err" >&2
 cp "$RESULTS" "$OUT/results.txt"
