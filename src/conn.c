@@ -316,6 +316,7 @@ static void conn_close(struct conn *c)
     metrics_connection_delta(&c->w->metrics, -1);
     LIST_REMOVE(c, link);
     c->w->n_conns--;
+    worker_connection_gone(c->w);
     if (c->w->draining && c->w->n_conns == 0)
         event_base_loopbreak(c->w->base);
     free(c);

@@ -93,6 +93,7 @@ void metrics_render(struct evbuffer *out, struct metrics *const *blocks, size_t 
     uint64_t buckets[METRICS_LATENCY_BUCKETS] = {0};
     uint64_t upstream_errors = 0, count = 0, other = 0;
     int64_t active = 0;
+    int64_t per_worker[METRICS_MAX_BLOCKS];
     double sum = 0;
     struct metrics_rule_count rules[METRICS_MAX_RULES];
     size_t n_rules = 0;
@@ -108,6 +109,8 @@ void metrics_render(struct evbuffer *out, struct metrics *const *blocks, size_t 
         count += m->latency_count;
         sum += m->latency_sum_seconds;
         active += m->active_connections;
+        if (b < METRICS_MAX_BLOCKS)
+            per_worker[b] = m->active_connections;
         other += m->other_rule_injections;
         for (size_t i = 0; i < m->n_rules; i++) {
             size_t j;
@@ -171,6 +174,11 @@ void metrics_render(struct evbuffer *out, struct metrics *const *blocks, size_t 
                         "# TYPE authproxy_active_connections gauge\n"
                         "authproxy_active_connections %lld\n",
                         (long long)active);
+    evbuffer_add_printf(out, "# HELP authproxy_worker_connections Client connections open now, "
+                             "by worker thread.\n# TYPE authproxy_worker_connections gauge\n");
+    for (size_t b = 0; b < n && b < METRICS_MAX_BLOCKS; b++)
+        evbuffer_add_printf(out, "authproxy_worker_connections{worker=\"%zu\"} %lld\n", b,
+                            (long long)per_worker[b]);
     evbuffer_add_printf(out,
                         "# HELP authproxy_cert_cache_hits_total Leaf certificates served from "
                         "the cache.\n# TYPE authproxy_cert_cache_hits_total counter\n"

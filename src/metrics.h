@@ -15,6 +15,7 @@ struct evbuffer;
 
 #define METRICS_MAX_RULES       256
 #define METRICS_LATENCY_BUCKETS 14
+#define METRICS_MAX_BLOCKS      64 /* one block per worker: --workers is at most 64 */
 
 enum metrics_decision {
     METRICS_ALLOWED = 0,
@@ -60,7 +61,8 @@ struct metrics_globals {
     uint64_t cert_cache_size;
 };
 
-/* Appends the Prometheus text exposition of the n blocks plus globals to out. */
+/* Appends the Prometheus text exposition of the n blocks (one per worker, in worker order)
+ * plus globals to out. */
 void metrics_render(struct evbuffer *out, struct metrics *const *blocks, size_t n,
                     const struct metrics_globals *g);
 

@@ -330,8 +330,12 @@ void server_free(struct server *s)
 {
     if (s == NULL)
         return;
+    /* All stopped and joined before any is freed: a running worker may hand a peer a
+     * connection until it has taken its own stop. */
     for (int i = 0; i < s->n_workers; i++)
         worker_stop(s->workers[i]);
+    for (int i = 0; i < s->n_workers; i++)
+        worker_join(s->workers[i]);
     for (int i = 0; i < s->n_workers; i++)
         worker_join_and_free(s->workers[i]);
     for (int i = 0; i < 3; i++)
@@ -497,10 +501,18 @@ struct server *server_start(const struct serve_options *opt)
 
     int n = opt->workers > 0 ? opt->workers : (int)sysconf(_SC_NPROCESSORS_ONLN);
     n = n < 1 ? 1 : (n > MAX_WORKERS ? MAX_WORKERS : n);
+    /* Every worker exists before any starts: each one's peers are in shared.workers. */
+    s->shared.workers = s->workers;
+    s->shared.n_workers = (size_t)n;
     for (int i = 0; i < n; i++) {
         s->workers[i] =
             worker_new(i, &s->shared, s->proxy_fd, s->transparent_fd, s->current, err, sizeof(err));
-        if (i == 0 && s->workers[0] != NULL && s->listen_dns != NULL) {
+        if (s->workers[i] == NULL) {
+            log_error("worker %d: %s", i, err);
+            goto fail;
+        }
+        s->n_workers = i + 1;
+        if (i == 0 && s->listen_dns != NULL) {
             struct dns_server_config dc = {
                 .listen = s->listen_dns,
                 .upstream = s->workers[0]->dns,
@@ -514,19 +526,16 @@ struct server *server_start(const struct serve_options *opt)
             s->workers[0]->dns_server = dns_server_new(s->workers[0]->base, &dc, err, sizeof(err));
             if (s->workers[0]->dns_server == NULL) {
                 log_error("sandbox resolver: %s", err);
-                worker_join_and_free(s->workers[0]);
-                s->workers[0] = NULL;
                 goto fail;
             }
             s->dns_port = dns_server_port(s->workers[0]->dns_server);
         }
-        if (s->workers[i] == NULL || worker_start(s->workers[i]) != 0) {
-            log_error("worker %d: %s", i, s->workers[i] ? "cannot start thread" : err);
-            worker_join_and_free(s->workers[i]);
-            s->workers[i] = NULL;
+    }
+    for (int i = 0; i < n; i++) {
+        if (worker_start(s->workers[i]) != 0) {
+            log_error("worker %d: cannot start thread", i);
             goto fail;
         }
-        s->n_workers = i + 1;
     }
 
     if (s->control != NULL)

@@ -20,11 +20,124 @@
 /* How long in-flight requests may run after a stop request before they are cut off. */
 #define SHUTDOWN_GRACE_SECONDS 10
 
+/* A connection accepted by one worker for another to serve (worker.h: connection balance). */
+struct handoff {
+    struct handoff *next;
+    int fd;
+    bool transparent;
+    socklen_t peer_len;
+    struct sockaddr_storage peer;
+};
+
+/* The worker a connection just accepted by self goes to: the one with the fewest live
+ * connections, self on a tie (no hand-off without a gain). Counts the connection on it at once,
+ * so the rest of a burst accepted in the same turn sees it. Any thread. */
+static struct worker *balance_pick(struct worker *self)
+{
+    const struct serve_shared *sh = self->shared;
+    struct worker *best = self;
+    unsigned best_load = atomic_load(&self->load);
+    for (size_t i = 0; i < sh->n_workers && best_load > 0; i++) {
+        struct worker *peer = sh->workers[i];
+        if (peer == NULL || peer == self || !atomic_load(&peer->accepting))
+            continue;
+        unsigned load = atomic_load(&peer->load);
+        if (load < best_load) {
+            best = peer;
+            best_load = load;
+        }
+    }
+    atomic_fetch_add(&best->load, 1);
+    return best;
+}
+
+void worker_connection_gone(struct worker *w)
+{
+    atomic_fetch_sub(&w->load, 1);
+}
+
+/* Closes a connection that was counted on w but will never be served. */
+static void handoff_drop(struct worker *w, int fd)
+{
+    close(fd);
+    worker_connection_gone(w);
+}
+
+/* Queues fd (counted on `to` by balance_pick) for `to` and wakes it; closes it instead when
+ * `to` is stopping. Runs on the accepting worker's thread. */
+static void handoff_post(struct worker *to, int fd, bool transparent, const struct sockaddr *peer,
+                         int peer_len)
+{
+    struct handoff *h = xcalloc(1, sizeof(*h));
+    h->fd = fd;
+    h->transparent = transparent;
+    h->peer_len = (socklen_t)peer_len < sizeof(h->peer) ? (socklen_t)peer_len : sizeof(h->peer);
+    memcpy(&h->peer, peer, h->peer_len);
+    pthread_mutex_lock(&to->lock);
+    bool stopping = to->stop_requested;
+    if (!stopping) {
+        *to->handoffs_tail = h;
+        to->handoffs_tail = &h->next;
+    }
+    pthread_mutex_unlock(&to->lock);
+    if (stopping) {
+        handoff_drop(to, fd);
+        free(h);
+        return;
+    }
+    event_active(to->handoff_ev, EV_READ, 0);
+}
+
+/* Takes the whole hand-off queue (the caller owns the list). */
+static struct handoff *handoff_take_all(struct worker *w)
+{
+    pthread_mutex_lock(&w->lock);
+    struct handoff *list = w->handoffs;
+    w->handoffs = NULL;
+    w->handoffs_tail = &w->handoffs;
+    pthread_mutex_unlock(&w->lock);
+    return list;
+}
+
+/* Runs in w's thread after a peer queued connections for it: serves them as if w had accepted
+ * them, or closes them once w drains. */
+static void handoff_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    (void)fd;
+    (void)what;
+    struct handoff *h = handoff_take_all(w);
+    while (h != NULL) {
+        struct handoff *next = h->next;
+        if (w->draining)
+            handoff_drop(w, h->fd);
+        else if (h->transparent)
+            conn_accept_transparent(w, h->fd, (struct sockaddr *)&h->peer, (int)h->peer_len);
+        else
+            conn_accept_explicit(w, h->fd, (struct sockaddr *)&h->peer, (int)h->peer_len);
+        free(h);
+        h = next;
+    }
+}
+
+/* Both listeners' accept: serve here or hand to a less loaded worker. */
+static void accept_balanced(struct worker *w, int fd, bool transparent, struct sockaddr *addr,
+                            int len)
+{
+    struct worker *to = balance_pick(w);
+    if (to != w)
+        handoff_post(to, fd, transparent, addr, len);
+    else if (transparent)
+        conn_accept_transparent(w, fd, addr, len);
+    else
+        conn_accept_explicit(w, fd, addr, len);
+}
+
 static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *addr, int len,
                       void *arg)
 {
     (void)l;
-    conn_accept_explicit(arg, fd, addr, len);
+    accept_balanced(arg, fd, false, addr, len);
 }
 
 /* How long the listeners rest after running out of descriptors or memory, and how often that
@@ -133,7 +246,7 @@ static void accept_transparent_cb(struct evconnlistener *l, evutil_socket_t fd,
                                   struct sockaddr *addr, int len, void *arg)
 {
     (void)l;
-    conn_accept_transparent(arg, fd, addr, len);
+    accept_balanced(arg, fd, true, addr, len);
 }
 
 /* outflush's before_writes: the turn's audit lines go to the file before its responses go out. */
@@ -161,6 +274,9 @@ struct worker *worker_new(int index, const struct serve_shared *shared, int prox
     LIST_INIT(&w->conns);
     TAILQ_INIT(&w->idle_upstreams);
     LIST_INIT(&w->fetches);
+    w->handoffs_tail = &w->handoffs;
+    atomic_init(&w->load, 0);
+    atomic_init(&w->accepting, true);
     w->current = snapshot_ref(snap);
     atomic_init(&w->applied_version, snap->version);
 
@@ -206,6 +322,8 @@ struct worker *worker_new(int index, const struct serve_shared *shared, int prox
     w->wakeup = event_new(w->base, -1, EV_PERSIST, wakeup_cb, w);
     event_priority_set(w->wakeup, 0);
     event_add(w->wakeup, NULL);
+    w->handoff_ev = event_new(w->base, -1, EV_PERSIST, handoff_cb, w);
+    event_add(w->handoff_ev, NULL);
     /* Backlog 0 above: the sockets already listen (serve.c, with its backlog); -1 would make
      * libevent listen() again with 128. */
     w->accept_resume = evtimer_new(w->base, accept_resume_cb, w);
@@ -260,18 +378,35 @@ void worker_post_snapshot(struct worker *w, struct snapshot *snap)
 
 void worker_stop(struct worker *w)
 {
+    atomic_store(&w->accepting, false);
     pthread_mutex_lock(&w->lock);
     w->stop_requested = true;
     pthread_mutex_unlock(&w->lock);
     event_active(w->wakeup, EV_READ, 0);
 }
 
+void worker_join(struct worker *w)
+{
+    if (w != NULL && w->thread) {
+        pthread_join(w->thread, NULL);
+        w->thread = 0;
+    }
+}
+
 void worker_join_and_free(struct worker *w)
 {
     if (w == NULL)
         return;
-    if (w->thread)
-        pthread_join(w->thread, NULL);
+    worker_join(w);
+    /* Connections peers handed over that the loop never took (every peer is joined by now). */
+    for (struct handoff *h = handoff_take_all(w), *next; h != NULL; h = next) {
+        next = h->next;
+        handoff_drop(w, h->fd);
+        free(h);
+    }
+    if (w->handoff_ev)
+        event_free(w->handoff_ev);
+    w->handoff_ev = NULL;
     struct conn *c;
     while ((c = LIST_FIRST(&w->conns)) != NULL)
         conn_abort(c);

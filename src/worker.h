@@ -1,8 +1,16 @@
-/* worker: one thread, one event loop, one DNS base; owns the connections it accepted.
+/* worker: one thread, one event loop, one DNS base; owns the connections it serves.
  *
- * Workers share nothing mutable with each other. What they share is read-only (struct
- * serve_shared) or an immutable snapshot handed over through worker_post_snapshot, the one
- * cross-thread entry point besides worker_stop. */
+ * Workers share nothing mutable with each other but connection hand-offs. What they share is
+ * read-only (struct serve_shared) or an immutable snapshot handed over through
+ * worker_post_snapshot; the cross-thread entry points are that, worker_stop, and the accept
+ * path's hand-off below.
+ *
+ * Connection balance: every worker polls the same listening sockets, and whichever wakes first
+ * accepts everything queued, so a burst of connections (a client's pool opening, a load
+ * generator, a sandbox starting its work) would all land on one worker and stay there for
+ * their keep-alive life. Each accepted connection therefore goes to the accepting worker
+ * only if no other has fewer live connections; otherwise it is handed to the least loaded one
+ * (a queue under its lock and a wake-up), which serves it from then on. */
 #ifndef AUTHPROXY_WORKER_H
 #define AUTHPROXY_WORKER_H
 
@@ -27,6 +35,7 @@ struct evconnlistener;
 struct conn;
 struct upstream;
 struct dyncred_fetch;
+struct handoff;
 
 /* State every worker reads and nobody writes after serve has started them. */
 struct serve_shared {
@@ -46,6 +55,9 @@ struct serve_shared {
     /* Transparent listener: is this peer address one of our sandboxes? NULL: none are. */
     bool (*is_sandbox_peer)(void *ctx, struct in_addr addr);
     void *sandbox_ctx;
+    /* Every worker, for connection balance (set before any starts; the workers are not). */
+    struct worker *const *workers;
+    size_t n_workers;
 };
 
 LIST_HEAD(conn_list, conn);
@@ -65,9 +77,15 @@ struct worker {
     struct event *accept_resume;   /* re-enables the listeners after an accept pause */
     uint64_t accept_warned_us;     /* last "accept failed" warning (rate limit) */
 
-    pthread_mutex_t lock; /* guards pending and stop_requested */
+    pthread_mutex_t lock; /* guards pending, stop_requested and the hand-off queue */
     struct snapshot *pending;
     bool stop_requested;
+    struct handoff *handoffs, **handoffs_tail; /* accepted by a peer, to be served here */
+    struct event *handoff_ev;                  /* activated by a peer that queued one */
+    /* Live client connections assigned to this worker (counted from the moment a peer or the
+     * worker itself picks it, until the connection closes); read by every accepting worker. */
+    atomic_uint load;
+    atomic_bool accepting; /* cleared by worker_stop: peers hand this worker nothing more */
 
     /* Below: touched only by the worker's own thread. */
     struct snapshot *current; /* one reference */
@@ -95,7 +113,12 @@ int worker_start(struct worker *w);
 void worker_post_snapshot(struct worker *w, struct snapshot *snap);
 /* Asks the worker to stop accepting, finish in-flight requests (at most grace_ms) and exit. */
 void worker_stop(struct worker *w);
+/* Waits for the worker's thread to exit (no-op if it never started or was joined). Stop and join
+ * every worker before freeing any: a running peer may still hand one a connection. */
+void worker_join(struct worker *w);
 void worker_join_and_free(struct worker *w);
+/* A connection of w's closed (conn.c): one less for the balance. */
+void worker_connection_gone(struct worker *w);
 /* Audits r (audit.h) with the turn's other records: written before the turn's responses go
  * out. The worker's thread only. */
 void worker_audit(struct worker *w, const struct audit_record *r);

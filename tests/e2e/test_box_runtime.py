@@ -9,6 +9,7 @@ dns_remap. Needs root (network namespaces, nftables, cgroups, loop devices); ski
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -16,7 +17,8 @@ import time
 import pytest
 
 from conftest import SESSION_SECRETS
-from helpers.control import ControlDaemon, detail, header_rule, injected, ok, proxy_config
+from helpers.control import (ControlDaemon, detail, header_rule, injected, ok, proxy_config,
+                             worker_connections)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="sandboxes need root")
 
@@ -331,6 +333,55 @@ def test_commands_run_asynchronously_and_the_api_stays_responsive(env):
     assert fast["stdout"] == "fast\n"
     t.join(30)
     assert slow["r"]["stdout"] == "slow\n"
+
+
+def test_a_burst_of_connections_from_a_box_is_spread_over_the_workers(env):
+    """The transparent listener's connections are balanced like the explicit port's
+    (test_workers.py): eight opened at once from inside a box end up four per worker, and the
+    ones handed from the accepting worker to the other are served with the credential. The
+    daemon is stopped while the box connects (the script waits 1 s first), so the eight wait in
+    the queue together; both workers may still wake to them, so without the balance this fails
+    only some of the time: test_workers.py is the deterministic check, this one that handed-over
+    transparent connections are served."""
+    key = env.secret("KEY")
+    box = env.box("burst-box", proxy_config(api_rule()))
+    script = ("import socket, ssl, sys, time\n"
+              "ctx = ssl.create_default_context()\n"
+              "time.sleep(1)\n"
+              "raw = [socket.create_connection(('%s', 443), timeout=10) for _ in range(8)]\n"
+              "tls = [ctx.wrap_socket(s, server_hostname='%s') for s in raw]\n"
+              "for i, c in enumerate(tls):\n"
+              "    c.sendall(b'GET /burst%%d HTTP/1.1\\r\\nHost: %s\\r\\n\\r\\n' %% i)\n"
+              "    print(c.recv(65536).split(b'\\r\\n')[0].decode())\n"
+              "sys.stdout.flush()\n"
+              "time.sleep(4)\n" % (NAME, NAME, NAME))
+    done = {}
+    t = threading.Thread(target=lambda: done.setdefault(
+        "r", env.ok_run(box, "/usr/bin/python3 -c \"$SCRIPT\"", env={"SCRIPT": script})))
+    t.start()
+    time.sleep(0.5)
+    os.kill(env.d.proc.pid, signal.SIGSTOP)
+    try:
+        time.sleep(1.5)
+    finally:
+        os.kill(env.d.proc.pid, signal.SIGCONT)
+    per_worker = None
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and t.is_alive():
+        got = worker_connections(env.api)
+        if sum(got.values()) == 8:
+            per_worker = got
+            break
+        time.sleep(0.05)
+    t.join(30)
+    res = done.get("r")
+    assert res is not None and res["exit_code"] == 0, res
+    assert res["stdout"].splitlines() == ["HTTP/1.1 200 OK"] * 8, res
+    assert per_worker is not None, "never saw the box's 8 connections open at once"
+    assert sorted(per_worker) == [0, 1] and abs(per_worker[0] - per_worker[1]) <= 1, per_worker
+    reqs = [r for r in env.origin.snapshot() if r.path.startswith("/burst")]
+    assert sorted(r.path for r in reqs) == ["/burst%d" % i for i in range(8)]
+    assert all(r.values("Authorization") == ["Bearer " + key] for r in reqs), reqs
 
 
 def test_fs_capacity_caps_the_workspace_and_files_persist_across_commands(env):

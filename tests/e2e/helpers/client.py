@@ -185,10 +185,11 @@ def proxy_socket(proxy_port):
     return s
 
 
-def connect(proxy_port, authority, extra=b""):
-    """Sends CONNECT authority; returns (raw socket, Response). The socket is positioned just
-    after the CONNECT response head (read byte by byte, so nothing of the tunnel is consumed)."""
-    s = proxy_socket(proxy_port)
+def connect(proxy_port, authority, extra=b"", sock=None):
+    """Sends CONNECT authority (on sock, an already connected socket, else a new one to
+    proxy_port); returns (raw socket, Response). The socket is positioned just after the CONNECT
+    response head (read byte by byte, so nothing of the tunnel is consumed)."""
+    s = sock if sock is not None else proxy_socket(proxy_port)
     s.sendall(b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (authority.encode(), authority.encode(), extra))
     head = b""
     while not head.endswith(b"\r\n\r\n"):

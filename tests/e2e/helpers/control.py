@@ -281,6 +281,16 @@ class API:
         return self.request("GET", "/metrics", key=key)
 
 
+def worker_connections(api):
+    """{worker index: client connections open now} from /metrics."""
+    r = api.metrics()
+    assert r.status_code == 200, (r.status_code, r.text[:500])
+    got = {int(m.group(1)): int(m.group(2)) for m in
+           re.finditer(r'^authproxy_worker_connections\{worker="(\d+)"\} (\d+)$', r.text, re.M)}
+    assert got, "no authproxy_worker_connections in /metrics:\n" + r.text[:2000]
+    return got
+
+
 def ok(resp, *codes):
     """Asserts a 2xx (or one of codes) and returns the parsed JSON body (None if empty)."""
     want = codes or tuple(range(200, 300))
