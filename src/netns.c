@@ -649,8 +649,14 @@ static char *host_ruleset(const struct netns_handle *h)
                      d, host, d, host, l, l);
 }
 
-/* Takes the allocator locks (in-process mutex, then the cross-process flock). Returns the
- * lock file fd for alloc_unlock(), or -1. */
+/* How long allocation waits for another authproxy process to release the allocator lock. A
+ * holder keeps it for milliseconds; one that keeps it longer is stuck (stopped, or hung in the
+ * kernel), and a sandbox start should then fail with a reason rather than hang with it. */
+#define NETNS_LOCK_WAIT_MS 10000
+#define NETNS_LOCK_POLL_MS 2
+
+/* Takes the allocator locks (in-process mutex, then the cross-process flock, waiting at most
+ * NETNS_LOCK_WAIT_MS for it). Returns the lock file fd for alloc_unlock(), or -1 (logged). */
 static int alloc_lock(struct netns_pool *pool)
 {
     pthread_mutex_lock(&pool->mu);
@@ -660,12 +666,22 @@ static int alloc_lock(struct netns_pool *pool)
         goto fail;
     }
     int rc;
-    do
-        rc = flock(fd, LOCK_EX);
-    while (rc == -1 && errno == EINTR);
+    uint64_t deadline_us = monotonic_us() + (uint64_t)NETNS_LOCK_WAIT_MS * 1000;
+    while ((rc = flock(fd, LOCK_EX | LOCK_NB)) == -1 && (errno == EWOULDBLOCK || errno == EINTR) &&
+           monotonic_us() < deadline_us) {
+        struct timespec pause = {0, NETNS_LOCK_POLL_MS * 1000000L};
+        nanosleep(&pause, NULL);
+    }
     if (rc == -1) {
-        log_error("netns: flock %s: %s", pool->lock_path, strerror(errno));
+        int err = errno == EWOULDBLOCK ? ETIMEDOUT : errno;
+        if (err == ETIMEDOUT)
+            log_error("netns: another process has held the sandbox network allocator lock %s "
+                      "for %d s; not waiting longer (a stopped or hung authproxy?)",
+                      pool->lock_path, NETNS_LOCK_WAIT_MS / 1000);
+        else
+            log_error("netns: flock %s: %s", pool->lock_path, strerror(err));
         close(fd);
+        errno = err;
         goto fail;
     }
     return fd;

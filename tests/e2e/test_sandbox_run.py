@@ -5,6 +5,7 @@ Some tests pin names with curl --resolve to an address that is never routed (203
 the connection is captured whatever it dials. Others go through the sandbox's own resolver.
 Needs root (network namespaces, cgroups); skipped otherwise.
 """
+import fcntl
 import json
 import os
 import subprocess
@@ -422,6 +423,30 @@ def test_a_killed_sandbox_run_is_cleaned_up_by_the_next_one(stack, tmp_path):
     assert not os.path.exists(tmp)
     assert lock not in run_locks()
     assert subprocess.run(["pgrep", "-f", "sleep 60.125"], capture_output=True).returncode == 1
+
+
+NETNS_LOCK = "/run/authproxy-netns.lock"  # netns.h NETNS_DEFAULT_LOCK_PATH
+
+
+def test_a_start_fails_with_a_reason_when_another_process_holds_the_allocator_lock(stack, tmp_path):
+    """Every authproxy process takes one lock to pick a sandbox's addresses. A holder that never
+    lets go (stopped, hung) makes a start fail after 10 s, saying why, instead of hanging it;
+    once the lock is free, starts work again."""
+    fd = os.open(NETNS_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        t0 = time.monotonic()
+        p = run_sandbox(stack, tmp_path, ["/bin/echo", "ran"])
+        took = time.monotonic() - t0
+    finally:
+        os.close(fd)  # releases the lock
+    err = p.stderr.decode()
+    assert p.returncode != 0 and b"ran" not in p.stdout, (p.returncode, p.stdout, err[-2000:])
+    assert "another process has held the sandbox network allocator lock %s for 10 s" % NETNS_LOCK \
+        in err, err[-2000:]
+    assert 9.5 < took < 60, took
+    q = run_sandbox(stack, tmp_path, ["/bin/echo", "ran"])
+    assert q.returncode == 0 and q.stdout == b"ran\n", (q.returncode, q.stderr.decode()[-2000:])
 
 
 DNS_BURST = r"""
