@@ -169,34 +169,42 @@ make_pki() {
     chmod 644 "$PKI"/*
 }
 
-# write_nginx_conf [WORKER_CONNECTIONS [RLIMIT_NOFILE]] < HTTP_BODY: writes WORK/nginx/nginx.conf:
-# 2 workers (worker_connections default 10000, worker_rlimit_nofile default 20000, left out
-# when empty), pid, error log and temp paths under WORK, no access log, unlimited keep-alive,
-# text/plain, and then stdin (the servers) as the rest of the http block.
-# shellcheck disable=SC2120 # both arguments are optional
-write_nginx_conf() {
-    local conns=${1:-10000} nofile=${2-20000}
+# write_nginx_conf_in DIR ERROR_LOG [WORKER_CONNECTIONS [RLIMIT_NOFILE]] < HTTP_BODY: writes
+# DIR/nginx.conf: 2 workers (worker_connections default 10000, worker_rlimit_nofile default
+# 20000, left out when empty), pid and temp paths under DIR, errors to ERROR_LOG, no access log,
+# unlimited keep-alive, text/plain, and then stdin (upstreams, servers) as the rest of the http
+# block.
+write_nginx_conf_in() {
+    local dir=$1 errlog=$2 conns=${3:-10000} nofile=${4-20000}
+    mkdir -p "$dir/tmp"
     {
         echo "worker_processes 2;"
         [ -n "$nofile" ] && echo "worker_rlimit_nofile $nofile;"
         cat <<EOF
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/logs/nginx-error.log warn;
+pid $dir/nginx.pid;
+error_log $errlog warn;
 events { worker_connections $conns; }
 http {
     access_log off;
-    client_body_temp_path $WORK/nginx/tmp/body;
-    proxy_temp_path $WORK/nginx/tmp/proxy;
-    fastcgi_temp_path $WORK/nginx/tmp/fastcgi;
-    uwsgi_temp_path $WORK/nginx/tmp/uwsgi;
-    scgi_temp_path $WORK/nginx/tmp/scgi;
+    client_body_temp_path $dir/tmp/body;
+    proxy_temp_path $dir/tmp/proxy;
+    fastcgi_temp_path $dir/tmp/fastcgi;
+    uwsgi_temp_path $dir/tmp/uwsgi;
+    scgi_temp_path $dir/tmp/scgi;
     keepalive_requests 100000000;
     keepalive_timeout 300s;
     default_type text/plain;
 EOF
         cat
         echo "}"
-    } > "$WORK/nginx/nginx.conf"
+    } > "$dir/nginx.conf"
+}
+
+# write_nginx_conf [WORKER_CONNECTIONS [RLIMIT_NOFILE]] < HTTP_BODY: the origin's config,
+# WORK/nginx/nginx.conf (write_nginx_conf_in, errors to WORK/logs/nginx-error.log).
+# shellcheck disable=SC2120 # both arguments are optional
+write_nginx_conf() {
+    write_nginx_conf_in "$WORK/nginx" "$WORK/logs/nginx-error.log" "$@"
 }
 
 # start_nginx PORT: starts nginx in the foreground on WORK/nginx/nginx.conf (output in

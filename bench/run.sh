@@ -295,22 +295,7 @@ NGP_MASTER=
 # ngp_pids: the reference nginx's master and workers.
 ngp_pids() { echo "$NGP_MASTER $(ps -o pid= --ppid "$NGP_MASTER" | tr '\n' ' ')"; }
 if [ "$NGP" = 1 ]; then
-    mkdir -p "$WORK/ngp/tmp"
-    cat > "$WORK/ngp/nginx.conf" <<EOF
-worker_processes 2;
-worker_rlimit_nofile 20000;
-pid $WORK/ngp/nginx.pid;
-error_log $WORK/logs/ngp-error.log warn;
-events { worker_connections 10000; }
-http {
-    access_log off;
-    client_body_temp_path $WORK/ngp/tmp/body;
-    proxy_temp_path $WORK/ngp/tmp/proxy;
-    fastcgi_temp_path $WORK/ngp/tmp/fastcgi;
-    uwsgi_temp_path $WORK/ngp/tmp/uwsgi;
-    scgi_temp_path $WORK/ngp/tmp/scgi;
-    keepalive_requests 100000000;
-    keepalive_timeout 300s;
+    write_nginx_conf_in "$WORK/ngp" "$WORK/logs/ngp-error.log" <<EOF
     upstream origin_plain { server 127.0.0.1:$NG_HTTP; keepalive 64; keepalive_requests 100000000; }
     upstream origin_tls { server 127.0.0.1:$NG_HTTPS; keepalive 64; keepalive_requests 100000000; }
     proxy_http_version 1.1;
@@ -341,7 +326,6 @@ http {
             proxy_ssl_session_reuse on;
         }
     }
-}
 EOF
     nginx -c "$WORK/ngp/nginx.conf" -p "$WORK/ngp" -e "$WORK/logs/ngp-error.log" -g 'daemon off;' \
         > "$WORK/logs/ngp.out" 2>&1 &
