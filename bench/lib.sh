@@ -146,7 +146,8 @@ build_loadgen() {
 build_relay() {
     needs_build "$RELAY" "$ROOT/bench/relay.c" || return 0
     note "building $RELAY"
-    bench_cc -pthread "$ROOT/bench/relay.c" -o "$RELAY"
+    # shellcheck disable=SC2046 # pkg-config's flags are meant to split
+    bench_cc -pthread "$ROOT/bench/relay.c" -o "$RELAY" $(pkg-config --cflags --libs openssl)
 }
 
 # make_pki CA_CN LEAF_CN EXT_LINE...: makes PKI=WORK/pki with a P-256 CA (ca.crt, ca.key, CN

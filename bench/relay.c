@@ -9,6 +9,13 @@
  * is read against it (bench/README.md).
  *
  *   relay --listen 127.0.0.1:PORT --upstream 127.0.0.1:PORT [-t THREADS]
+ *         [--tls CERT KEY --upstream-tls NAME CAFILE]
+ *
+ * With --tls it is the same floor for intercepted HTTPS: it terminates the client's TLS with
+ * CERT/KEY, speaks TLS to the upstream (SNI and verified name NAME, trust CAFILE), and copies
+ * the plaintext between the two, record by record, with read-ahead on both sides as authproxy
+ * has. Handshakes are done blocking at accept: the floor is measured on keep-alive
+ * connections, where they are outside the requests.
  *
  * Each thread has its own SO_REUSEPORT listener and level-triggered epoll set; a connection
  * and its upstream live on the thread that accepted it. Runs until killed. */
@@ -26,6 +33,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
 #define RELAY_BUF 16384
 #define RELAY_MAX_THREADS 16
 
@@ -33,6 +43,7 @@
  * the other endpoint's socket. */
 struct relay_end {
     int fd;
+    SSL *ssl; /* NULL: plain */
     struct relay_pair *pair;
     struct relay_end *peer;
     size_t off, len; /* pending bytes in buf, read from fd, owed to peer->fd */
@@ -44,6 +55,9 @@ struct relay_pair {
 };
 
 static struct sockaddr_in listen_addr, upstream_addr;
+/* --tls: the client side's context and the upstream's (read-only once the threads run). */
+static SSL_CTX *server_ctx, *upstream_ctx;
+static const char *upstream_name;
 
 static int parse_addr(const char *s, struct sockaddr_in *out)
 {
@@ -71,27 +85,61 @@ static void rearm(int ep, struct relay_end *e)
     epoll_ctl(ep, EPOLL_CTL_MOD, e->fd, &ev);
 }
 
+static void end_close(int ep, struct relay_end *e)
+{
+    epoll_ctl(ep, EPOLL_CTL_DEL, e->fd, NULL);
+    SSL_free(e->ssl);
+    close(e->fd);
+}
+
 static void pair_close(int ep, struct relay_pair *p)
 {
-    epoll_ctl(ep, EPOLL_CTL_DEL, p->client.fd, NULL);
-    epoll_ctl(ep, EPOLL_CTL_DEL, p->upstream.fd, NULL);
-    close(p->client.fd);
-    close(p->upstream.fd);
+    end_close(ep, &p->client);
+    end_close(ep, &p->upstream);
     free(p);
 }
 
-/* Writes what E owes its peer's socket; -1 when that socket is dead. Re-arms both sockets
- * when the write could not finish, or when it finished a backlog left by an earlier one. */
+/* Reads what E's socket (or TLS) has into E's buffer: bytes read, 0 when nothing is there now,
+ * -1 when the connection is over. */
+static ssize_t read_some(struct relay_end *e)
+{
+    if (e->ssl == NULL) {
+        ssize_t n = read(e->fd, e->buf, sizeof(e->buf));
+        return n > 0 ? n : (n < 0 && errno == EAGAIN ? 0 : -1);
+    }
+    int n = SSL_read(e->ssl, e->buf, sizeof(e->buf));
+    if (n > 0)
+        return n;
+    int err = SSL_get_error(e->ssl, n);
+    return err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE ? 0 : -1;
+}
+
+/* Writes up to len bytes to E's socket (or TLS): bytes written, 0 when it would block, -1 when
+ * the connection is over. */
+static ssize_t write_some(struct relay_end *e, const char *buf, size_t len)
+{
+    if (e->ssl == NULL) {
+        ssize_t n = write(e->fd, buf, len);
+        return n >= 0 ? n : (errno == EAGAIN ? 0 : -1);
+    }
+    int n = SSL_write(e->ssl, buf, (int)len);
+    if (n > 0)
+        return n;
+    int err = SSL_get_error(e->ssl, n);
+    return err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE ? 0 : -1;
+}
+
+/* Writes what E owes its peer; -1 when the peer is dead. Re-arms both sockets when the write
+ * could not finish, or when it finished a backlog left by an earlier one. */
 static int flush_to_peer(int ep, struct relay_end *e)
 {
     int had_backlog = e->off != 0;
     while (e->len != 0) {
-        ssize_t n = write(e->peer->fd, e->buf + e->off, e->len);
-        if (n < 0) {
-            if (errno == EAGAIN)
-                break;
+        ssize_t n = write_some(e->peer, e->buf + e->off, e->len);
+        if (n < 0)
             return -1;
-        }
+        if (n == 0)
+            break;
         e->off += (size_t)n;
         e->len -= (size_t)n;
     }
@@ -104,20 +152,34 @@ static int flush_to_peer(int ep, struct relay_end *e)
     return 0;
 }
 
+/* Moves what E has to read to its peer, as long as the peer takes it: one read from a plain
+ * socket (epoll says when there is more), and on TLS as long as OpenSSL holds read-ahead
+ * records, which epoll cannot see. -1 when either side is dead. */
+static int pump(int ep, struct relay_end *e)
+{
+    while (e->len == 0) {
+        ssize_t n = read_some(e);
+        if (n < 0)
+            return -1;
+        if (n == 0)
+            break;
+        e->len = (size_t)n;
+        if (flush_to_peer(ep, e) != 0)
+            return -1;
+        if (e->ssl == NULL || !SSL_has_pending(e->ssl))
+            break;
+    }
+    return 0;
+}
+
 static void on_event(int ep, struct relay_end *e, uint32_t events)
 {
-    if ((events & EPOLLOUT) && flush_to_peer(ep, e->peer) != 0)
-        goto dead;
-    if ((events & (EPOLLIN | EPOLLHUP | EPOLLERR)) && e->len == 0) {
-        ssize_t n = read(e->fd, e->buf, sizeof(e->buf));
-        if (n == 0 || (n < 0 && errno != EAGAIN))
+    if (events & EPOLLOUT) { /* E's socket takes what its peer owes it; then the peer reads on */
+        if (flush_to_peer(ep, e->peer) != 0 || (e->peer->len == 0 && pump(ep, e->peer) != 0))
             goto dead;
-        if (n > 0) {
-            e->len = (size_t)n;
-            if (flush_to_peer(ep, e) != 0)
-                goto dead;
-        }
     }
+    if ((events & (EPOLLIN | EPOLLHUP | EPOLLERR)) && pump(ep, e) != 0)
+        goto dead;
     return;
 dead:
     pair_close(ep, e->pair);
@@ -129,34 +191,82 @@ static int add_end(int ep, struct relay_end *e)
     return epoll_ctl(ep, EPOLL_CTL_ADD, e->fd, &ev);
 }
 
-/* Accepts one client and connects its upstream (blocking: the upstream is on loopback, and the
- * floor is measured on keep-alive connections, where connecting is outside the requests). */
+/* With --tls: the blocking handshakes of a new pair (client side as server, upstream side as a
+ * verifying client); 0 when both succeeded. */
+static int tls_handshakes(struct relay_pair *p)
+{
+    p->client.ssl = SSL_new(server_ctx);
+    p->upstream.ssl = SSL_new(upstream_ctx);
+    if (p->client.ssl == NULL || p->upstream.ssl == NULL ||
+        SSL_set_fd(p->client.ssl, p->client.fd) != 1 ||
+        SSL_set_fd(p->upstream.ssl, p->upstream.fd) != 1 ||
+        SSL_set_tlsext_host_name(p->upstream.ssl, upstream_name) != 1 ||
+        SSL_set1_host(p->upstream.ssl, upstream_name) != 1)
+        return -1;
+    if (SSL_accept(p->client.ssl) != 1 || SSL_connect(p->upstream.ssl) != 1) {
+        ERR_print_errors_fp(stderr);
+        return -1;
+    }
+    return 0;
+}
+
+/* Accepts one client and connects its upstream, both blocking until they are ready (the
+ * upstream is on loopback, and the floor is measured on keep-alive connections, where
+ * connecting and handshakes are outside the requests), then non-blocking in the epoll set. */
 static void accept_one(int ep, int lfd)
 {
-    int cfd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (cfd < 0)
-        return;
-    int ufd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     int one = 1;
-    if (ufd < 0 || connect(ufd, (struct sockaddr *)&upstream_addr, sizeof(upstream_addr)) != 0 ||
-        fcntl(ufd, F_SETFL, O_NONBLOCK) != 0) {
-        close(cfd);
-        if (ufd >= 0)
-            close(ufd);
-        return;
-    }
-    setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    setsockopt(ufd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     struct relay_pair *p = calloc(1, sizeof(*p));
-    if (p == NULL) {
-        close(cfd);
-        close(ufd);
+    if (p == NULL)
         return;
+    p->client = (struct relay_end){.fd = -1, .pair = p, .peer = &p->upstream};
+    p->upstream = (struct relay_end){.fd = -1, .pair = p, .peer = &p->client};
+    p->client.fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+    if (p->client.fd < 0)
+        goto fail;
+    p->upstream.fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (p->upstream.fd < 0 ||
+        connect(p->upstream.fd, (struct sockaddr *)&upstream_addr, sizeof(upstream_addr)) != 0)
+        goto fail;
+    setsockopt(p->client.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    setsockopt(p->upstream.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (server_ctx != NULL && tls_handshakes(p) != 0)
+        goto fail;
+    if (fcntl(p->client.fd, F_SETFL, O_NONBLOCK) != 0 ||
+        fcntl(p->upstream.fd, F_SETFL, O_NONBLOCK) != 0 || add_end(ep, &p->client) != 0 ||
+        add_end(ep, &p->upstream) != 0)
+        goto fail;
+    return;
+fail:
+    SSL_free(p->client.ssl);
+    SSL_free(p->upstream.ssl);
+    epoll_ctl(ep, EPOLL_CTL_DEL, p->client.fd, NULL); /* (fails harmlessly when not added) */
+    epoll_ctl(ep, EPOLL_CTL_DEL, p->upstream.fd, NULL);
+    if (p->client.fd >= 0)
+        close(p->client.fd);
+    if (p->upstream.fd >= 0)
+        close(p->upstream.fd);
+    free(p);
+}
+
+/* The two --tls contexts; 0 when both are ready. Read-ahead on both, as authproxy has. */
+static int tls_setup(const char *cert, const char *key, const char *cafile)
+{
+    server_ctx = SSL_CTX_new(TLS_server_method());
+    upstream_ctx = SSL_CTX_new(TLS_client_method());
+    if (server_ctx == NULL || upstream_ctx == NULL ||
+        SSL_CTX_use_certificate_chain_file(server_ctx, cert) != 1 ||
+        SSL_CTX_use_PrivateKey_file(server_ctx, key, SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_load_verify_locations(upstream_ctx, cafile, NULL) != 1) {
+        ERR_print_errors_fp(stderr);
+        return -1;
     }
-    p->client = (struct relay_end){.fd = cfd, .pair = p, .peer = &p->upstream};
-    p->upstream = (struct relay_end){.fd = ufd, .pair = p, .peer = &p->client};
-    if (add_end(ep, &p->client) != 0 || add_end(ep, &p->upstream) != 0)
-        pair_close(ep, p);
+    SSL_CTX_set_verify(upstream_ctx, SSL_VERIFY_PEER, NULL);
+    SSL_CTX_set_read_ahead(server_ctx, 1);
+    SSL_CTX_set_read_ahead(upstream_ctx, 1);
+    SSL_CTX_set_mode(server_ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    SSL_CTX_set_mode(upstream_ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    return 0;
 }
 
 static void *relay_thread(void *arg)
@@ -190,7 +300,7 @@ static void *relay_thread(void *arg)
 int main(int argc, char **argv)
 {
     int threads = 2;
-    const char *listen_s = NULL, *upstream_s = NULL;
+    const char *listen_s = NULL, *upstream_s = NULL, *cert = NULL, *key = NULL, *cafile = NULL;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (strcmp(argv[i], "--listen") == 0)
             listen_s = argv[i + 1];
@@ -198,13 +308,27 @@ int main(int argc, char **argv)
             upstream_s = argv[i + 1];
         else if (strcmp(argv[i], "-t") == 0)
             threads = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--tls") == 0 && i + 2 < argc) {
+            cert = argv[i + 1];
+            key = argv[++i + 1];
+        } else if (strcmp(argv[i], "--upstream-tls") == 0 && i + 2 < argc) {
+            upstream_name = argv[i + 1];
+            cafile = argv[++i + 1];
+        } else {
+            listen_s = NULL; /* unknown option: usage */
+            break;
+        }
     }
     if (listen_s == NULL || upstream_s == NULL || parse_addr(listen_s, &listen_addr) != 0 ||
-        parse_addr(upstream_s, &upstream_addr) != 0 || threads < 1 || threads > RELAY_MAX_THREADS) {
-        fprintf(stderr, "usage: relay --listen IP:PORT --upstream IP:PORT [-t THREADS (1-%d)]\n",
+        parse_addr(upstream_s, &upstream_addr) != 0 || threads < 1 || threads > RELAY_MAX_THREADS ||
+        (cert == NULL) != (cafile == NULL)) {
+        fprintf(stderr, "usage: relay --listen IP:PORT --upstream IP:PORT [-t THREADS (1-%d)]\n"
+                        "             [--tls CERT KEY --upstream-tls NAME CAFILE]\n",
                 RELAY_MAX_THREADS);
         return 2;
     }
+    if (cert != NULL && tls_setup(cert, key, cafile) != 0)
+        return 1;
     signal(SIGPIPE, SIG_IGN);
     pthread_t t[RELAY_MAX_THREADS];
     for (int i = 0; i < threads; i++)

@@ -227,9 +227,10 @@ def main():
               f"{fmt_ratio(a, n)} | {'n/a' if not dc or not nc else f'{dc / nc:.2f}×'} |")
         w("")
 
-    if any(get("relay", rid) for rid in ("plain_ka", "plain_ka_lg")):
+    if any(get("relay", rid) for rid in ("plain_ka", "plain_ka_lg", "tls_ka")):
         w("Floor, same run: a byte relay (bench/relay.c, 2 threads) between the client and a "
-          "keep-alive connection to the origin. It parses nothing and injects nothing; it makes "
+          "keep-alive connection to the origin; for HTTPS it terminates the client's TLS and "
+          "re-encrypts to the origin. It parses nothing and injects nothing; it makes "
           "the system calls a keep-alive proxy cannot avoid and no others, so its ratio is what "
           "this machine's kernel and scheduler leave for any user-space proxy:")
         w("")
@@ -237,7 +238,8 @@ def main():
           "relay, ratio from CPU/req |")
         w("|---|---:|---:|---:|---:|---:|---:|")
         for label, rid in (("plain HTTP keep-alive (wrk), req/s", "plain_ka"),
-                           ("plain HTTP keep-alive (loadgen), req/s", "plain_ka_lg")):
+                           ("plain HTTP keep-alive (loadgen), req/s", "plain_ka_lg"),
+                           ("HTTPS keep-alive (loadgen), req/s", "tls_ka")):
             d = num(get("direct", rid), "rps")
             f = num(get("relay", rid), "rps")
             a = num(get("authproxy", rid), "rps")

@@ -14,7 +14,7 @@
 # BENCH_WORKLOADS (the run ids to do, default all: plain_ka plain_ka_lg tls_ka_wrk tls_ka tls_new
 # tls_new_noreuse plain_paced tls_paced idle), BENCH_MITM=0 (skip mitmproxy),
 # BENCH_NGINX_PROXY=0 (skip the nginx reverse-proxy reference), BENCH_RELAY=0 (skip the byte
-# relay floor),
+# relay floors),
 # BENCH_KEEP=1 (keep the work dir), AUTHPROXY_BIN.
 set -uo pipefail
 
@@ -162,7 +162,7 @@ make_pki "authproxy bench origin CA" "$NAME" "subjectAltName=DNS:$NAME" basicCon
 
 # --- origin: nginx ----------------------------------------------------------------------------
 
-read -r NG_HTTP NG_HTTPS NG_HTTPS_CLOSE AP_PORT AP_CTL MITM_PORT NGP_HTTP NGP_HTTPS RLY_PORT <<<"$(free_ports 9)"
+read -r NG_HTTP NG_HTTPS NG_HTTPS_CLOSE AP_PORT AP_CTL MITM_PORT NGP_HTTP NGP_HTTPS RLY_PORT RLY_TLS_PORT <<<"$(free_ports 10)"
 # authproxy bench origin: a tiny fixed response on HTTP and HTTPS, keep-alive without limits.
 # /check names the Authorization the origin received instead of echoing it: authproxy redacts
 # an injected credential that comes back in a response (scrub), so an echo would read '****'.
@@ -355,24 +355,38 @@ fi
 # --- floor: a byte relay ---------------------------------------------------------------------
 # bench/relay.c (2 threads, like authproxy's workers) copies bytes between the client and a
 # connection to the origin without reading them: the system calls of a keep-alive proxy and
-# nothing else. Its plain-HTTP ratio is what this machine leaves for any user-space proxy.
+# nothing else. Its plain-HTTP ratio is what this machine leaves for any user-space proxy. A
+# second one terminates TLS (the origin's certificate) and re-encrypts to the origin: the same
+# floor for intercepted HTTPS.
 
 RLY_OK=0
 RLY_WHY=
-RLY_PID=
+RLY_PIDS=
 if [ "$RLY" = 1 ]; then
     "$RELAY" --listen "127.0.0.1:$RLY_PORT" --upstream "127.0.0.1:$NG_HTTP" -t 2 \
         > "$WORK/logs/relay.out" 2>&1 &
-    RLY_PID=$!
-    PIDS+=("$RLY_PID")
-    if wait_port "$RLY_PORT" "$RLY_PID"; then
-        got=$(curl -s --max-time 5 -x "http://127.0.0.1:$RLY_PORT" "http://$HOST_PLAIN/check")
+    RLY_PIDS=$!
+    PIDS+=("$!")
+    "$RELAY" --listen "127.0.0.1:$RLY_TLS_PORT" --upstream "127.0.0.1:$NG_HTTPS" -t 2 \
+        --tls "$PKI/origin.crt" "$PKI/origin.key" --upstream-tls "$NAME" "$PKI/ca.crt" \
+        > "$WORK/logs/relay-tls.out" 2>&1 &
+    RLY_TLS_PID=$!
+    PIDS+=("$!")
+    if wait_port "$RLY_PORT" "$RLY_PIDS" && wait_port "$RLY_TLS_PORT" "$RLY_TLS_PID"; then
+        got_plain=$(curl -s --max-time 5 -x "http://127.0.0.1:$RLY_PORT" "http://$HOST_PLAIN/check")
+        got_tls=$(curl -s --max-time 5 --cacert "$PKI/ca.crt" --resolve "$NAME:$RLY_TLS_PORT:127.0.0.1" \
+            "https://$NAME:$RLY_TLS_PORT/check")
         # the relay injects nothing: the origin must see the request as the client sent it
-        [ "$got" = "authorization=none" ] && RLY_OK=1 || RLY_WHY="relay check failed: '${got:-no answer}'"
+        if [ "$got_plain" = "authorization=none" ] && [ "$got_tls" = "authorization=none" ]; then
+            RLY_OK=1
+        else
+            RLY_WHY="relay check failed (plain: '${got_plain:-no answer}', https: '${got_tls:-no answer}')"
+        fi
     else
-        RLY_WHY="the relay did not start: $(tail -3 "$WORK/logs/relay.out" | tr '\n' ' ')"
+        RLY_WHY="the relay did not start: $(tail -3 "$WORK/logs/relay.out" "$WORK/logs/relay-tls.out" | tr '\n' ' ')"
     fi
-    [ "$RLY_OK" = 1 ] && note "byte relay on 127.0.0.1:$RLY_PORT reaches the origin" || note "relay skipped: $RLY_WHY"
+    [ "$RLY_OK" = 1 ] && note "byte relays on 127.0.0.1:$RLY_PORT (plain) and :$RLY_TLS_PORT (TLS) reach the origin" ||
+        note "relay skipped: $RLY_WHY"
 else
     RLY_WHY="skipped (BENCH_RELAY=0)"
 fi
@@ -406,12 +420,16 @@ run_one() {
         authproxy) pid=$AP_PID; port=$AP_PORT; ca=$WORK/authproxy-ca.crt ;;
         mitmproxy) pid=$MITM_PID; port=$MITM_PORT; ca=$WORK/mitm/mitmproxy-ca-cert.pem ;;
         nginxproxy) pid=$(ngp_pids); ca=$PKI/ca.crt ;;
-        relay) pid=$RLY_PID; port=$RLY_PORT; ca=- ;; # (plain only: no CA)
+        relay) pid="$RLY_PIDS $RLY_TLS_PID"; port=$RLY_PORT; ca=$PKI/ca.crt ;;
     esac
     if [ "$side" = nginxproxy ]; then # a reverse proxy: the client talks to it as to the origin
         tls=(--connect "127.0.0.1:$NGP_HTTPS" --tls --sni "$NAME" --cafile "$ca" --host "$HOST_TLS")
         plain=(--connect "127.0.0.1:$NGP_HTTP" --host "$HOST_PLAIN")
         url="http://127.0.0.1:$NGP_HTTP/" target=/
+    elif [ "$side" = relay ]; then # plain: like a forward proxy; TLS: like a reverse proxy
+        tls=(--connect "127.0.0.1:$RLY_TLS_PORT" --tls --sni "$NAME" --cafile "$ca" --host "$HOST_TLS")
+        plain=(--connect "127.0.0.1:$port" --target "$URL_PLAIN" --host "$HOST_PLAIN")
+        url="http://127.0.0.1:$port/" target=$URL_PLAIN
     elif [ "$side" = direct ]; then
         tls=(--connect "127.0.0.1:$NG_HTTPS" --tls --sni "$NAME" --cafile "$ca" --host "$HOST_TLS")
         plain=(--connect "127.0.0.1:$NG_HTTP" --host "$HOST_PLAIN")
@@ -499,7 +517,7 @@ for id in $WORKLOADS; do
             mitmproxy:plain_paced | mitmproxy:tls_paced | mitmproxy:plain_ka_lg) continue ;;
             # the reference is measured on the keep-alive throughput workloads only
             nginxproxy:tls_ka_wrk | nginxproxy:tls_new* | nginxproxy:*_paced) continue ;;
-            relay:plain_ka | relay:plain_ka_lg) ;; # the floor: plain keep-alive only
+            relay:plain_ka | relay:plain_ka_lg | relay:tls_ka) ;; # the floor: keep-alive only
             relay:*) continue ;;
         esac
         run_one "$side" "$id"
