@@ -55,7 +55,8 @@ struct serve_shared {
     /* Transparent listener: is this peer address one of our sandboxes? NULL: none are. */
     bool (*is_sandbox_peer)(void *ctx, struct in_addr addr);
     void *sandbox_ctx;
-    /* Every worker, for connection balance (set before any starts; the workers are not). */
+    /* Every worker, for connection balance: the array is set before any worker starts and not
+     * changed after (the workers it points to are, of course, live). */
     struct worker *const *workers;
     size_t n_workers;
 };
