@@ -26,6 +26,7 @@
 #include <netinet/tcp.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,6 +53,8 @@ struct relay_end {
 
 struct relay_pair {
     struct relay_end client, upstream;
+    bool closed;               /* sockets closed; freed after the epoll batch that closed it */
+    struct relay_pair *next_closed;
 };
 
 static struct sockaddr_in listen_addr, upstream_addr;
@@ -89,14 +92,19 @@ static void end_close(int ep, struct relay_end *e)
 {
     epoll_ctl(ep, EPOLL_CTL_DEL, e->fd, NULL);
     SSL_free(e->ssl);
+    e->ssl = NULL;
     close(e->fd);
 }
 
-static void pair_close(int ep, struct relay_pair *p)
+/* Closes both sockets of P and puts it on *closed, to be freed once the current epoll batch is
+ * done: the batch may still hold an event for P's other socket. */
+static void pair_close(int ep, struct relay_pair *p, struct relay_pair **closed)
 {
     end_close(ep, &p->client);
     end_close(ep, &p->upstream);
-    free(p);
+    p->closed = true;
+    p->next_closed = *closed;
+    *closed = p;
 }
 
 /* Reads what E's socket (or TLS) has into E's buffer: bytes read, 0 when nothing is there now,
@@ -172,7 +180,7 @@ static int pump(int ep, struct relay_end *e)
     return 0;
 }
 
-static void on_event(int ep, struct relay_end *e, uint32_t events)
+static void on_event(int ep, struct relay_end *e, uint32_t events, struct relay_pair **closed)
 {
     if (events & EPOLLOUT) { /* E's socket takes what its peer owes it; then the peer reads on */
         if (flush_to_peer(ep, e->peer) != 0 || (e->peer->len == 0 && pump(ep, e->peer) != 0))
@@ -182,7 +190,7 @@ static void on_event(int ep, struct relay_end *e, uint32_t events)
         goto dead;
     return;
 dead:
-    pair_close(ep, e->pair);
+    pair_close(ep, e->pair, closed);
 }
 
 static int add_end(int ep, struct relay_end *e)
@@ -287,11 +295,18 @@ static void *relay_thread(void *arg)
     struct epoll_event evs[64];
     for (;;) {
         int n = epoll_wait(ep, evs, 64, -1);
+        struct relay_pair *closed = NULL;
         for (int i = 0; i < n; i++) {
-            if (evs[i].data.ptr == &listener_tag)
+            struct relay_end *e = evs[i].data.ptr;
+            if (e == &listener_tag)
                 accept_one(ep, lfd);
-            else
-                on_event(ep, evs[i].data.ptr, evs[i].events);
+            else if (!e->pair->closed)
+                on_event(ep, e, evs[i].events, &closed);
+        }
+        while (closed != NULL) {
+            struct relay_pair *next = closed->next_closed;
+            free(closed);
+            closed = next;
         }
     }
     return NULL;
