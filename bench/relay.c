@@ -244,6 +244,10 @@ static void accept_one(int ep, int lfd)
         fcntl(p->upstream.fd, F_SETFL, O_NONBLOCK) != 0 || add_end(ep, &p->client) != 0 ||
         add_end(ep, &p->upstream) != 0)
         goto fail;
+    /* Read-ahead during the handshake may already hold the client's first request (sent with
+     * its Finished): epoll will not report it, so move it now. */
+    if (p->client.ssl != NULL && SSL_has_pending(p->client.ssl) && pump(ep, &p->client) != 0)
+        goto fail;
     return;
 fail:
     SSL_free(p->client.ssl);
