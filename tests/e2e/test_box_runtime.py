@@ -337,7 +337,7 @@ def test_commands_run_asynchronously_and_the_api_stays_responsive(env):
 
 def test_a_burst_of_connections_from_a_box_is_spread_over_the_workers(env):
     """The transparent listener's connections are balanced like the explicit port's
-    (test_workers.py): eight opened at once from inside a box end up four per worker, and the
+    (test_workers.py): eight opened at once from inside a box end up about four per worker, and the
     ones handed from the accepting worker to the other are served with the credential. The
     daemon is stopped while the box connects (the script waits 1 s first), so the eight wait in
     the queue together; both workers may still wake to them, so without the balance this fails
@@ -378,7 +378,9 @@ def test_a_burst_of_connections_from_a_box_is_spread_over_the_workers(env):
     assert res is not None and res["exit_code"] == 0, res
     assert res["stdout"].splitlines() == ["HTTP/1.1 200 OK"] * 8, res
     assert per_worker is not None, "never saw the box's 8 connections open at once"
-    assert sorted(per_worker) == [0, 1] and abs(per_worker[0] - per_worker[1]) <= 1, per_worker
+    # (within two, as in test_workers.py: both workers may accept at once on each other's
+    # count of a moment before)
+    assert sorted(per_worker) == [0, 1] and abs(per_worker[0] - per_worker[1]) <= 2, per_worker
     reqs = [r for r in env.origin.snapshot() if r.path.startswith("/burst")]
     assert sorted(r.path for r in reqs) == ["/burst%d" % i for i in range(8)]
     assert all(r.values("Authorization") == ["Bearer " + key] for r in reqs), reqs

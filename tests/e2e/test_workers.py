@@ -30,6 +30,10 @@ def test_a_burst_of_connections_is_spread_over_the_workers_and_each_is_served(ct
     cred = ctl.credential(ok(api.create_box({"name": "burst", "proxy_config": proxy_config(openai_rule())})))
     assert injected(d.port, origin, "api.openai.com", ctl.ca, cred) == (200, ["Bearer " + v])
 
+    # The check request's connection must be gone first: a worker still counting it would
+    # rightly take one fewer of the burst, and the split would look uneven once it closes.
+    assert wait_for(lambda: sum(worker_connections(api).values()) == 0), worker_connections(api)
+
     # With the daemon stopped, the kernel completes every handshake into the listen backlog;
     # on SIGCONT one worker wakes to all of them at once: the worst case for balance.
     socks, conns = [], []
@@ -57,13 +61,14 @@ def test_a_burst_of_connections_is_spread_over_the_workers_and_each_is_served(ct
             assert len(recs) == 1 and recs[0].values("Authorization") == ["Bearer " + v], (i, recs)
             conns.append(c)
 
-        # All held open: the two workers serve half each (a tie keeps a connection where it
-        # was accepted, so an odd one out is the most either may be ahead by).
+        # All held open: the two workers serve about half each. Ties keep a connection where it
+        # was accepted, and when both workers accept at once each may decide on the other's
+        # count of a moment before, so one may be ahead by two; without the balance it is 8/0.
         per_worker = wait_for(lambda: (lambda g: g if sum(g.values()) == N_CONNS else None)(
             worker_connections(api)))
         assert per_worker, worker_connections(api)
         assert sorted(per_worker) == [0, 1], per_worker
-        assert abs(per_worker[0] - per_worker[1]) <= 1, per_worker
+        assert abs(per_worker[0] - per_worker[1]) <= 2, per_worker
 
         # A second request on every connection still works (the handed-over ones stay put).
         for i, c in enumerate(conns):
