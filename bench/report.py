@@ -206,48 +206,41 @@ def main():
       "per request, proxied). It is steadier than the measured ratio when other load comes and goes.")
     w("")
 
-    if any(get("nginxproxy", rid) for rid in ("plain_ka", "plain_ka_lg", "tls_ka")):
-        w("Reference, same run: nginx as a reverse proxy in front of the same origin (2 workers, "
-          "keep-alive upstream pool, Authorization set on every request; for HTTPS it terminates "
-          "the client's TLS and re-encrypts to the origin). It does no policy, no audit and no "
-          "CONNECT, so it shows what a fast C proxy costs on this machine at the least:")
+    def reference_table(side, name, intro):
+        """A reference side (nginxproxy, relay) against direct and authproxy on the keep-alive
+        workloads, after the intro line; nothing when the side was not measured."""
+        if not any(get(side, rid) for rid in ("plain_ka", "plain_ka_lg", "tls_ka")):
+            return
+        w(intro)
         w("")
-        w("| workload | direct | nginx as proxy | ratio | authproxy | authproxy / nginx as proxy | "
-          "nginx as proxy, ratio from CPU/req |")
+        w(f"| workload | direct | {name} | ratio | authproxy | authproxy / {name} | "
+          f"{name}, ratio from CPU/req |")
         w("|---|---:|---:|---:|---:|---:|---:|")
         for label, rid in (("plain HTTP keep-alive (wrk), req/s", "plain_ka"),
                            ("plain HTTP keep-alive (loadgen), req/s", "plain_ka_lg"),
                            ("HTTPS keep-alive (loadgen), req/s", "tls_ka")):
             d = num(get("direct", rid), "rps")
-            n = num(get("nginxproxy", rid), "rps")
+            r = num(get(side, rid), "rps")
             a = num(get("authproxy", rid), "rps")
             dc = cpu_per_req(get("direct", rid), False)
-            nc = cpu_per_req(get("nginxproxy", rid), True)
-            w(f"| {label} | {fmt_rate(d)} | {fmt_rate(n)} | {fmt_ratio(n, d)} | {fmt_rate(a)} | "
-              f"{fmt_ratio(a, n)} | {'n/a' if not dc or not nc else f'{dc / nc:.2f}×'} |")
+            rc = cpu_per_req(get(side, rid), True)
+            w(f"| {label} | {fmt_rate(d)} | {fmt_rate(r)} | {fmt_ratio(r, d)} | {fmt_rate(a)} | "
+              f"{fmt_ratio(a, r)} | {'n/a' if not dc or not rc else f'{dc / rc:.2f}×'} |")
         w("")
 
-    if any(get("relay", rid) for rid in ("plain_ka", "plain_ka_lg", "tls_ka")):
-        w("Floor, same run: a byte relay (bench/relay.c, 2 threads) between the client and a "
-          "keep-alive connection to the origin; for HTTPS it terminates the client's TLS and "
-          "re-encrypts to the origin. It parses nothing and injects nothing; it makes "
-          "the system calls a keep-alive proxy cannot avoid and no others, so its ratio is what "
-          "this machine's kernel and scheduler leave for any user-space proxy:")
-        w("")
-        w("| workload | direct | relay | ratio | authproxy | authproxy / relay | "
-          "relay, ratio from CPU/req |")
-        w("|---|---:|---:|---:|---:|---:|---:|")
-        for label, rid in (("plain HTTP keep-alive (wrk), req/s", "plain_ka"),
-                           ("plain HTTP keep-alive (loadgen), req/s", "plain_ka_lg"),
-                           ("HTTPS keep-alive (loadgen), req/s", "tls_ka")):
-            d = num(get("direct", rid), "rps")
-            f = num(get("relay", rid), "rps")
-            a = num(get("authproxy", rid), "rps")
-            dc = cpu_per_req(get("direct", rid), False)
-            fc = cpu_per_req(get("relay", rid), True)
-            w(f"| {label} | {fmt_rate(d)} | {fmt_rate(f)} | {fmt_ratio(f, d)} | {fmt_rate(a)} | "
-              f"{fmt_ratio(a, f)} | {'n/a' if not dc or not fc else f'{dc / fc:.2f}×'} |")
-        w("")
+    reference_table(
+        "nginxproxy", "nginx as proxy",
+        "Reference, same run: nginx as a reverse proxy in front of the same origin (2 workers, "
+        "keep-alive upstream pool, Authorization set on every request; for HTTPS it terminates "
+        "the client's TLS and re-encrypts to the origin). It does no policy, no audit and no "
+        "CONNECT, so it shows what a fast C proxy costs on this machine at the least:")
+    reference_table(
+        "relay", "relay",
+        "Floor, same run: a byte relay (bench/relay.c, 2 threads) between the client and a "
+        "keep-alive connection to the origin; for HTTPS it terminates the client's TLS and "
+        "re-encrypts to the origin. It parses nothing and injects nothing; it makes "
+        "the system calls a keep-alive proxy cannot avoid and no others, so its ratio is what "
+        "this machine's kernel and scheduler leave for any user-space proxy:")
 
     busy = [(s, i) for (s, i), r in runs.items() if (num(r, "other_cores") or 0) > 0.25]
     if busy:
