@@ -23,14 +23,21 @@
 #                     pooled keep-alive connection to nginx (dns_remap origin.test → 127.0.0.1);
 #        jailed:      the same client run by POST /execute inside the box (its mount/PID
 #                     namespaces, seccomp, cgroup, uid 65534): the full sandbox.
-#      Both client paths cross one veth pair; the difference is the proxy. Rounds alternate
-#      direct / intercepted / jailed (SB_ROUNDS, default 3) so background load hits all alike.
+#        relay:       the floor, `ip netns exec sbbench-direct` → bench/relay.c --tls on the host
+#                     end of that veth (2 threads, like authproxy's workers): it terminates TLS
+#                     with the origin's certificate and re-encrypts to nginx on 127.0.0.1,
+#                     parsing nothing, injecting nothing, with no nft capture in front. What it
+#                     reaches is what this machine leaves for any TLS-terminating proxy on this
+#                     path (SB_RELAY=0 skips it).
+#      All client paths cross one veth pair; the difference is the proxy. Rounds alternate
+#      direct / intercepted / jailed / relay (SB_ROUNDS, default 3) so background load hits all
+#      alike.
 #
 # Needs root, nginx, openssl, ip, python3, cc. Reports; asserts nothing; exits 0 once it has
 # reported (as root; without root it says so and exits 0). Knobs: SB_RUNS (30), SB_ROUNDS (3),
 # SB_DURATION (s per throughput run, 6), SB_WARMUP (2), SB_CONNS (32), SB_BACKGROUND (20),
 # SB_BACKGROUND_RUNS (10), SB_QUIET_WAIT (s to wait for a quiet machine in all, 30), SB_KEEP=1
-# (keep the work dir), SB_SKIP_TPUT=1, SB_SKIP_START=1, AUTHPROXY_BIN, AUTHPROXY_LIB.
+# (keep the work dir), SB_SKIP_TPUT=1, SB_SKIP_START=1, SB_RELAY=0, AUTHPROXY_BIN, AUTHPROXY_LIB.
 # Output: build/bench/sandbox.txt (raw lines), a summary on stderr.
 set -uo pipefail
 
@@ -106,6 +113,8 @@ if needs_build "$PHASES" "$ROOT/bench/sandbox_phases.c" "$LIB"; then
         $(pkg-config --cflags --libs $PKGS) || die "sandbox_phases does not compile"
 fi
 TIMING="python3 $ROOT/bench/sandbox_timing.py"
+RELAY=$OUT/relay
+build_relay || die "relay does not compile"
 
 # --- PKI, the direct namespace, nginx -----------------------------------------------------------
 
@@ -124,7 +133,7 @@ ip addr add "$DIRECT_NET.1/30" dev "$DIRECT_LINK" && ip link set "$DIRECT_LINK" 
     ip -n "$DIRECT_NS" link set eth0 up &&
     ip -n "$DIRECT_NS" route add default via "$DIRECT_NET.1" || die "cannot configure $DIRECT_NS"
 
-read -r NG_HTTPS AP_PORT AP_CTL <<<"$(free_ports 3)"
+read -r NG_HTTPS AP_PORT AP_CTL RLY_PORT <<<"$(free_ports 4)"
 write_nginx_conf <<EOF
     log_format check "\$http_authorization";
     server {
@@ -184,16 +193,17 @@ fi
 # --- 2. intercepted HTTPS keep-alive vs direct ---------------------------------------------------
 
 # lg_run SIDE ROUND CMD...: one loadgen run; appends its RESULT line (histogram left out) with
-# side, round, the CPU seconds the proxy and nginx spent, the proxy's and nginx's CPU per
-# request (warm-up included in both), and other_cores: what processes outside the benchmark
-# used meanwhile (machine - proxy - nginx - client).
+# side, round, the CPU seconds the proxy (the relay on the relay side) and nginx spent, the
+# proxy's and nginx's CPU per request (warm-up included in both), and other_cores: what
+# processes outside the benchmark used meanwhile (machine - proxy - nginx - client).
 lg_run() {
     local side=$1 round=$2
     shift 2
-    local c0 c1 n0 n1 m0 m1 w0 w1 line
-    c0=$(cpu_ticks "$AP_PID"); n0=$(cpu_ticks $(nginx_pids)); m0=$(machine_ticks); w0=$(date +%s.%N)
+    local c0 c1 n0 n1 m0 m1 w0 w1 line proxy_pid=$AP_PID
+    [ "$side" = relay ] && proxy_pid=$RLY_PID
+    c0=$(cpu_ticks "$proxy_pid"); n0=$(cpu_ticks $(nginx_pids)); m0=$(machine_ticks); w0=$(date +%s.%N)
     line=$("$@" 2>>"$WORK/logs/client.err" | grep '^RESULT' | tail -1 | sed 's/ hist=[^ ]*//')
-    w1=$(date +%s.%N); m1=$(machine_ticks); n1=$(cpu_ticks $(nginx_pids)); c1=$(cpu_ticks "$AP_PID")
+    w1=$(date +%s.%N); m1=$(machine_ticks); n1=$(cpu_ticks $(nginx_pids)); c1=$(cpu_ticks "$proxy_pid")
     [ -n "$line" ] || line="RESULT failed=1"
     line="$line side=$side round=$round"
     line="$line $(echo "$line" | awk -v p=$((c1 - c0)) -v n=$((n1 - n0)) -v m=$((m1 - m0)) \
@@ -227,6 +237,28 @@ if [ "${SB_SKIP_TPUT:-0}" != 1 ]; then
         die "the box's request did not reach the origin with the credential ('$got')"
     note "inside the box, requests to $NAME get the credential (checked at the origin)"
 
+    RLY_PID=
+    if [ "${SB_RELAY:-1}" = 1 ]; then
+        "$RELAY" --listen "$DIRECT_NET.1:$RLY_PORT" --upstream "127.0.0.1:$NG_HTTPS" -t 2 \
+            --tls "$PKI/origin.crt" "$PKI/origin.key" --upstream-tls "$NAME" "$PKI/ca.crt" \
+            > "$WORK/logs/relay.out" 2>&1 &
+        RLY_PID=$!
+        PIDS+=("$RLY_PID")
+        got=
+        for _ in $(seq 50); do
+            got=$(ip netns exec "$DIRECT_NS" curl -s --max-time 5 --cacert "$PKI/ca.crt" \
+                --resolve "$NAME:$RLY_PORT:$DIRECT_NET.1" "https://$NAME:$RLY_PORT/") && break
+            kill -0 "$RLY_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        if [ "$got" = ok ]; then
+            note "TLS relay on $DIRECT_NET.1:$RLY_PORT reaches the origin from $DIRECT_NS"
+        else
+            note "relay skipped: it did not answer ('$got'; $(tail -2 "$WORK/logs/relay.out" | tr '\n' ' '))"
+            RLY_PID=
+        fi
+    fi
+
     common=(-c "$CONNS" -t 1 -d "$DUR" -w "$WARM" --tls --sni "$NAME" --host "$NAME:$NG_HTTPS")
     for round in $(seq "$ROUNDS"); do
         quiet
@@ -239,6 +271,10 @@ if [ "${SB_SKIP_TPUT:-0}" != 1 ]; then
         lg_run jailed "$round" $TIMING exec --control "$CTL" --key "$KEY" --name tput \
             --timeout $((DUR + WARM + 60)) --command "$LG --connect 203.0.113.7:$NG_HTTPS \
             --cafile /etc/ssl/certs/ca-certificates.crt ${common[*]} --label jailed"
+        [ -n "$RLY_PID" ] || continue
+        quiet
+        lg_run relay "$round" timeout $((DUR + WARM + 60)) ip netns exec "$DIRECT_NS" "$LG" \
+            --connect "$DIRECT_NET.1:$RLY_PORT" --cafile "$PKI/ca.crt" "${common[@]}" --label relay
     done
 fi
 
@@ -267,11 +303,20 @@ if tput:
     for side, xs in tput.items():
         print("  %-12s %s  median %.0f" % (side, " ".join("%.0f" % x for x in xs), statistics.median(xs)))
     d = tput.get("direct")
-    for side in ("intercepted", "jailed"):
+    for side in ("intercepted", "jailed", "relay"):
         if d and tput.get(side):
             n = min(len(d), len(tput[side]))
             r = [tput[side][i] / d[i] for i in range(n)]
             print("  ratio %s/direct per round: %s (median %.2fx)" % (
+                side, " ".join("%.2f" % x for x in r), statistics.median(r)))
+    # authproxy against the floor, round by round: the share of a do-nothing TLS relay's rate
+    # it reaches on the same path.
+    fl = tput.get("relay")
+    for side in ("intercepted", "jailed"):
+        if fl and tput.get(side):
+            n = min(len(fl), len(tput[side]))
+            r = [tput[side][i] / fl[i] for i in range(n)]
+            print("  ratio %s/relay per round: %s (median %.2fx)" % (
                 side, " ".join("%.2f" % x for x in r), statistics.median(r)))
     # The throughput the CPU cost alone predicts when the two cores are the only limit: (client
     # + nginx CPU per request, direct) / (client + nginx + proxy CPU per request). Steadier than
@@ -284,7 +329,7 @@ if tput:
         for side in tput if (side, "client_us_per_req") in med))
     if ("direct", "client_us_per_req") in med:
         base = med[("direct", "client_us_per_req")] + med[("direct", "nginx_us_per_req")]
-        for side in ("intercepted", "jailed"):
+        for side in ("intercepted", "jailed", "relay"):
             if (side, "client_us_per_req") in med:
                 cost = sum(med[(side, k)] for k in ("client_us_per_req", "nginx_us_per_req",
                                                      "proxy_us_per_req"))
