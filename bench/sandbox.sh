@@ -302,22 +302,17 @@ if tput:
     print("\nHTTPS keep-alive, requests/s per round")
     for side, xs in tput.items():
         print("  %-12s %s  median %.0f" % (side, " ".join("%.0f" % x for x in xs), statistics.median(xs)))
-    d = tput.get("direct")
-    for side in ("intercepted", "jailed", "relay"):
-        if d and tput.get(side):
-            n = min(len(d), len(tput[side]))
-            r = [tput[side][i] / d[i] for i in range(n)]
-            print("  ratio %s/direct per round: %s (median %.2fx)" % (
-                side, " ".join("%.2f" % x for x in r), statistics.median(r)))
-    # authproxy against the floor, round by round: the share of a do-nothing TLS relay's rate
-    # it reaches on the same path.
-    fl = tput.get("relay")
-    for side in ("intercepted", "jailed"):
-        if fl and tput.get(side):
-            n = min(len(fl), len(tput[side]))
-            r = [tput[side][i] / fl[i] for i in range(n)]
-            print("  ratio %s/relay per round: %s (median %.2fx)" % (
-                side, " ".join("%.2f" % x for x in r), statistics.median(r)))
+    # Round by round: each side against direct (the target's ratio), and authproxy against the
+    # relay (the floor: the share of a do-nothing TLS relay's rate it reaches on the same path).
+    for base, sides in (("direct", ("intercepted", "jailed", "relay")),
+                        ("relay", ("intercepted", "jailed"))):
+        b = tput.get(base)
+        for side in sides:
+            if b and tput.get(side):
+                n = min(len(b), len(tput[side]))
+                r = [tput[side][i] / b[i] for i in range(n)]
+                print("  ratio %s/%s per round: %s (median %.2fx)" % (
+                    side, base, " ".join("%.2f" % x for x in r), statistics.median(r)))
     # The throughput the CPU cost alone predicts when the two cores are the only limit: (client
     # + nginx CPU per request, direct) / (client + nginx + proxy CPU per request). Steadier than
     # the measured ratio when other load comes and goes.
