@@ -26,18 +26,11 @@
 #include <event2/event.h>
 #include <jansson.h>
 
+#include "fuzz.h"
 #include "dns_msg.h"
 #include "dns_server.h"
 #include "policy.h"
 #include "util.h"
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "fuzz_dns_server: check failed at line %d: %s\n", __LINE__, #cond);    \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -21,18 +21,10 @@
 
 #include <event2/buffer.h>
 
+#include "fuzz.h"
 #include "http1.h"
 
 #define FUZZ_MAX_HEAD 8192
-
-/* Aborts with a message; libFuzzer records the input as a crash. */
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "fuzz_http1: check failed at line %d: %s\n", __LINE__, #cond);         \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

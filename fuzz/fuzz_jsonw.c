@@ -12,16 +12,9 @@
 
 #include <jansson.h>
 
+#include "fuzz.h"
 #include "jsonw.h"
 #include "util.h"
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "fuzz_jsonw: check failed: %s (line %d)\n", #cond, __LINE__);          \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
