@@ -270,9 +270,14 @@ int main(int argc, char **argv)
          * the cache; then again on that image) call it, and with mkfs.ext4 per disk. */
         for (int kind = 0; kind < 3; kind++) {
             char *hdir = xasprintf("%s/h%d-%d", dir, i, kind);
-            struct box_host_config hc = host_config(id, hdir, pool, tree, &lim, kind > 0 ? disk : 0,
+            char hid[32];
+            struct box_host_config hc = host_config(hid, hdir, pool, tree, &lim, kind > 0 ? disk : 0,
                                                     kind == 1 ? cache : NULL);
             for (int again = 0; again < (kind == 1 ? 2 : 1); again++) {
+                /* An id of its own for every start, as every sandbox run and box has: reusing
+                 * one would meet the previous start's veth still going away with its namespace
+                 * and time its synchronous removal (netns.c) instead of a start. */
+                snprintf(hid, sizeof(hid), "h%06dk%da%d", i, kind, again);
                 t0 = monotonic_us();
                 struct box_host *h = box_runtime_host_start(&hc, err, sizeof(err));
                 t1 = monotonic_us();
