@@ -10,6 +10,7 @@
 #   - optionally "// fuzz-pkgs: openssl libevent" lists the pkg-config packages it needs
 #     (default: openssl libevent jansson);
 #   - optionally fuzz/<name>.dict is passed as its libFuzzer dictionary;
+#   - its invariants use CHECK from fuzz/fuzz.h (abort with file, line and condition);
 #   - its seed corpus is fuzz/corpus/<name>/ (committed). New inputs found while fuzzing go to
 #     build/fuzz/corpus-<name>/ (not committed); crashes to build/fuzz/crash-<name>-*.
 #
