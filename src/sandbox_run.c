@@ -153,7 +153,8 @@ static void *host_start_thread(void *arg)
  * 20 us. The part below the first 2 MiB boundary cannot be a huge page, so a block that stays
  * allocated (returned; the caller frees it at the end) fills it and the run's allocations
  * start at the boundary; untouched, it costs no memory. Best effort: with THP off ("never")
- * or when the heap cannot grow, nothing changes. Needs the mallopt settings of sandbox_run. */
+ * or when the heap cannot grow, nothing changes. Raises M_MMAP_THRESHOLD for its own blocks;
+ * the caller sets its own value afterwards. Needs sandbox_run's one arena and trim threshold. */
 static void *heap_reserve_huge(void)
 {
     void *head = NULL;
@@ -169,7 +170,6 @@ static void *heap_reserve_huge(void)
         if (huge && start - (uintptr_t)p > 64)
             head = malloc(start - (uintptr_t)p - 32);
     }
-    (void)mallopt(M_MMAP_THRESHOLD, 1 << 20);
     return head;
 }
 
@@ -201,7 +201,8 @@ int sandbox_run(const struct sandbox_run_options *o)
      * Before any thread exists, as M_ARENA_MAX requires. */
     (void)mallopt(M_ARENA_MAX, 1);
     (void)mallopt(M_TRIM_THRESHOLD, 16 << 20);
-    void *heap_head = heap_reserve_huge(); /* leaves M_MMAP_THRESHOLD at 1 MiB */
+    void *heap_head = heap_reserve_huge();
+    (void)mallopt(M_MMAP_THRESHOLD, 1 << 20);
 
     unsigned char rnd[12];
     if (RAND_bytes(rnd, sizeof(rnd)) != 1)
